@@ -1,0 +1,1 @@
+"""Decisions and state: Faust agents that turn commands into events."""

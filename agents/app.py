@@ -1,0 +1,69 @@
+"""The Faust worker: one agent reads `loraplane.commands` and hands each message to the processor."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+import streams.catalog  # noqa: F401 - registers every message type
+from agents.api_keys import API_KEYS
+from agents.processor import CommandProcessor
+from agents.workspaces import WORKSPACES
+from infra.faust_transport import FaustApp
+from infra.settings import Settings
+from infra.telemetry import configure_tracing
+from streams.topics import COMMANDS
+
+log = logging.getLogger(__name__)
+
+AGGREGATES = (WORKSPACES, API_KEYS)
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = FaustApp(
+        settings.worker_group_id,
+        broker=f"kafka://{settings.require_kafka()}",
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout_s,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+    )
+    processor = CommandProcessor(settings, AGGREGATES)
+    commands = app.topic(COMMANDS.name, key_type=bytes, value_type=bytes, value_serializer="raw",
+                         key_serializer="raw", partitions=COMMANDS.partitions)
+
+    @app.agent(commands)
+    async def handle_commands(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            headers = list(message.headers or [])
+            await processor.handle(message.value, headers, f"{message.topic}:{message.partition}:{message.offset}")
+
+    @app.on_before_shutdown.connect
+    async def _stop_processor(app: faust.App, **_: Any) -> None:  # pragma: no cover - shutdown path
+        await processor.stop()
+
+    app.loraplane_processor = processor  # type: ignore[attr-defined]
+
+    @app.task
+    async def _start_processor() -> None:
+        await processor.start()
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    configure_tracing(settings, "worker")
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,1 @@
+"""HTTP only: check shape and rights, publish a command, answer from the read model."""

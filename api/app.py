@@ -1,0 +1,89 @@
+"""The Litestar application: routes, auth, errors, and the read model kept current in the background."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from opentelemetry.sdk.trace.export import SpanExporter
+
+import streams.catalog  # noqa: F401 - registers every message type
+from api.admin.api_keys import ApiKeyController
+from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
+from api.commands import CommandBus
+from api.errors import EXCEPTION_HANDLERS
+from api.readmodel.database import create_engine, create_schema
+from api.readmodel.follower import ReadModelFollower
+from api.readmodel.projector import Projector
+from api.system import command_status, healthz, readyz
+from api.tracing import tracing_middleware
+from api.workspaces.routes import WorkspaceController
+from infra.kafka_admin import ensure_topics
+from infra.settings import Settings
+from infra.telemetry import configure_tracing
+from streams.topics import ALL_TOPICS
+
+
+def create_app(settings: Settings, span_exporter: SpanExporter | None = None) -> Litestar:
+    configure_tracing(settings, "api", span_exporter)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.read_model_url)
+        await create_schema(engine)
+        await ensure_topics(settings.require_kafka(), ALL_TOPICS)
+        bus = CommandBus(settings, engine)
+        await bus.start()
+        follower = ReadModelFollower(settings, Projector(engine), bus.projected)
+        follower.start()
+        app.state.update(engine=engine, bus=bus, follower=follower)
+        try:
+            yield
+        finally:
+            await follower.stop()
+            await bus.stop()
+            await engine.dispose()
+
+    def provide_bus(state: State) -> CommandBus:
+        return state.bus  # type: ignore[no-any-return]
+
+    return Litestar(
+        route_handlers=[healthz, readyz, command_status, WorkspaceController, ApiKeyController],
+        lifespan=[lifespan],
+        state=State({"settings": settings}),
+        dependencies={"bus": Provide(provide_bus, sync_to_thread=False)},
+        middleware=[
+            tracing_middleware,
+            DefineMiddleware(ApiKeyAuthentication, exclude=[f"^{p}" for p in sorted(PUBLIC_PATHS)]),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="loraplane",
+            version="0.1.0",
+            description="Control plane for LoRA adapters and LLM deployments",
+            path="/schema",
+            components=Components(
+                security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"BearerAuth": []}],
+        ),
+        debug=False,
+    )
+
+
+def run_api(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

@@ -1,0 +1,89 @@
+"""Publishing commands and waiting for their outcome to reach the read model (`?wait=`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaProducer
+from litestar import Response
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.errors import REJECTIONS, ApiError
+from api.readmodel import queries
+from infra.kafka import make_producer, publish
+from infra.settings import Settings
+from infra.telemetry import current_traceparent
+from streams.envelope import Actor, Payload
+from streams.outcomes import RejectionCode
+from streams.serialization import envelope_for
+from streams.topics import COMMANDS
+
+
+class CommandStatus(BaseModel):
+    command_id: str
+    status: Literal["pending", "succeeded", "rejected"]
+    event_type: str | None = None
+    aggregate_type: str | None = None
+    aggregate_id: str | None = None
+    code: str | None = None
+    reason: str | None = None
+    occurred_at: datetime | None = None
+
+
+class CommandBus:
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._producer: AIOKafkaProducer = make_producer(settings)
+        self._waiters: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    def projected(self, command_ids: Sequence[str]) -> None:
+        """Called by the read-model follower after it committed these commands' outcomes."""
+        for command_id in command_ids:
+            if waiter := self._waiters.get(command_id):
+                waiter.set()
+
+    async def send(self, payload: Payload, *, aggregate_id: str, actor: Actor, wait: float) -> str:
+        """Publish a command; with `wait` > 0, return once its outcome is projected or `wait` runs out."""
+        command = envelope_for(payload, aggregate_id=aggregate_id, actor=actor, traceparent=current_traceparent())
+        wait = min(wait, self._settings.api_max_wait_s)
+        waiter = self._waiters.setdefault(command.command_id, asyncio.Event()) if wait > 0 else None
+        try:
+            await publish(self._producer, COMMANDS, command)
+            if waiter is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), wait)
+        finally:
+            self._waiters.pop(command.command_id, None)
+        return command.command_id
+
+    async def status(self, command_id: str) -> CommandStatus:
+        row = await queries.get_outcome(self._engine, command_id)
+        if row is None:
+            return CommandStatus(command_id=command_id, status="pending")
+        return CommandStatus.model_validate(row, from_attributes=False)
+
+    async def outcome(self, command_id: str, loc_prefix: Sequence[str]) -> Response[Any] | None:
+        """None when the command succeeded; a 202 while it is pending; raises the rejection as an ApiError."""
+        status = await self.status(command_id)
+        if status.status == "pending":
+            return Response(
+                status.model_dump(mode="json"), status_code=202, headers={"Location": f"/v2/commands/{command_id}"}
+            )
+        if status.status == "rejected":
+            error = REJECTIONS.get(RejectionCode(status.code), ApiError) if status.code else ApiError
+            row = await queries.get_outcome(self._engine, command_id) or {}
+            field = row.get("field")
+            raise error(status.reason or "rejected", loc=[*loc_prefix, field] if field else list(loc_prefix))
+        return None

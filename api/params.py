@@ -1,0 +1,18 @@
+"""Query parameters several routes share."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar.params import Parameter
+
+Wait = Annotated[
+    float,
+    Parameter(
+        ge=0,
+        le=300,
+        description="Seconds to wait for the command's outcome; 0 answers at once with 202 and the command's status",
+    ),
+]
+Page = Annotated[int, Parameter(ge=1, description="Page number, from 1")]
+PageSize = Annotated[int, Parameter(ge=1, le=1000, description="Results per page")]

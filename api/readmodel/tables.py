@@ -1,0 +1,78 @@
+"""Read-model tables (SQLAlchemy Core). SQLite by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Column, DateTime, Dialect, Integer, MetaData, String, Table, Text
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite stores datetimes without their zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+# The next offset to apply per partition, written in the same transaction as the rows it changed.
+projection_offsets = Table(
+    "projection_offsets",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", Integer, nullable=False),
+)
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("description", Text),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("creator_type", String(16), nullable=False),
+    Column("creator_id", String(255), nullable=False),
+    Column("creator_name", String(255), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("creator_id", String(255), nullable=False),
+    Column("creator_name", String(255), nullable=False),
+)
+
+# What became of each command: the answer to `?wait=` and to GET /v2/commands/{id}.
+command_outcomes = Table(
+    "command_outcomes",
+    metadata,
+    Column("command_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # succeeded | rejected
+    Column("event_type", String(128), nullable=False),
+    Column("aggregate_type", String(64), nullable=False),
+    Column("aggregate_id", String(512), nullable=False),
+    Column("code", String(32)),
+    Column("reason", Text),
+    Column("field", String(128)),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+)

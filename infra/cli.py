@@ -1,0 +1,215 @@
+"""The `loraplane` console script: the one place that wires the parts together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from infra.settings import Settings, get_settings
+
+STACK_ENV = Path("run") / "stack.env"
+
+
+def _load_stack_env(data_dir: Path) -> None:
+    """Let commands run beside `loraplane up` find its broker and S3 without exporting anything."""
+    path = data_dir / STACK_ENV
+    if "KAFKA_BOOTSTRAP_SERVERS" in os.environ or not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and key not in os.environ:
+            os.environ[key] = value
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "data_dir", None):
+        os.environ["LORAPLANE_DATA_DIR"] = str(args.data_dir)
+    get_settings.cache_clear()
+    _load_stack_env(get_settings().data_dir)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _say(line: str) -> None:
+    print(f"[loraplane] {line}", flush=True)
+
+
+# --- up ---------------------------------------------------------------------------------------
+
+
+async def _up(settings: Settings) -> int:
+    import httpx
+
+    from infra.local_stack import LocalStack
+    from infra.processes import ChildSpec
+
+    data_dir = settings.data_dir.resolve()
+    stack = LocalStack(settings, log=_say)
+    try:
+        env = await stack.start_services()
+        (data_dir / "run").mkdir(parents=True, exist_ok=True)
+        (data_dir / STACK_ENV).write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        os.chmod(data_dir / STACK_ENV, 0o600)
+        child_env = {**os.environ, **env}
+        me = [sys.executable, "-m", "infra.cli"]
+        _say("starting agents (Faust worker)")
+        await stack.start_child(ChildSpec("worker", [*me, "worker"], env=child_env))
+        _say(f"starting API on http://{settings.api_host}:{settings.api_port}")
+        await stack.start_child(ChildSpec("api", [*me, "api"], env=child_env))
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        started = time.monotonic()
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                try:
+                    if (await client.get(f"{base}/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() - started > 120:
+                    _say("the API did not become ready in 120 s; see the logs under " + str(data_dir / "logs"))
+                    return 1
+                await asyncio.sleep(0.3)
+        _say(f"ready in {time.monotonic() - started:.1f}s")
+        _say(f"  API:      {base}  (OpenAPI: {base}/schema, Swagger UI: {base}/schema/swagger)")
+        _say(f"  broker:   {env['KAFKA_BOOTSTRAP_SERVERS']}")
+        _say(f"  S3:       {env['S3_ENDPOINT']}  (bucket {env['S3_BUCKET']})")
+        _say(f"  data:     {data_dir}  (logs in {data_dir / 'logs'})")
+        _say("  first key: loraplane keys create --role admin --name me   (in another shell)")
+        _say("Ctrl-C stops everything")
+        await stack.run_until_signal()
+        return 0
+    finally:
+        _say("stopping")
+        await stack.stop()
+        _say("stopped")
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+async def _create_key(settings: Settings, name: str, role: str, timeout: float) -> int:
+    from aiokafka import TopicPartition
+
+    import streams.catalog  # noqa: F401
+    from api.auth import issue_key
+    from infra.kafka import make_consumer, make_producer, publish
+    from streams.api_keys import CreateApiKey, Role
+    from streams.envelope import SYSTEM_ACTOR
+    from streams.outcomes import CommandRejected
+    from streams.serialization import decode, envelope_for
+    from streams.topics import COMMANDS, EVENTS
+
+    issued = issue_key()
+    command = envelope_for(
+        CreateApiKey(key_id=issued.key_id, name=name, role=Role(role), key_hash=issued.key_hash),
+        aggregate_id=issued.key_id,
+        actor=SYSTEM_ACTOR,
+    )
+    consumer = make_consumer(settings)
+    producer = make_producer(settings)
+    await consumer.start()
+    await producer.start()
+    try:
+        partitions = [TopicPartition(EVENTS.name, p) for p in sorted(consumer.partitions_for_topic(EVENTS.name) or [])]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, ends[tp])
+        await publish(producer, COMMANDS, command)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    event = decode(record.value)
+                    if event.command_id != command.command_id:
+                        continue
+                    if isinstance(event.payload, CommandRejected):
+                        print(f"refused: {event.payload.reason}", file=sys.stderr)
+                        return 1
+                    print(issued.secret)
+                    print(f"# {role} key {issued.key_id!r} ({name}); it is shown only now", file=sys.stderr)
+                    return 0
+        print(f"no answer from the agents in {timeout:.0f}s: is `loraplane up` (or a worker) running?", file=sys.stderr)
+        return 1
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# --- replay -----------------------------------------------------------------------------------
+
+
+async def _replay(settings: Settings, database_url: str) -> int:
+    from tqdm import tqdm
+
+    from api.readmodel.replay import replay
+
+    bar = tqdm(unit="ev", desc="replay", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    stats = await replay(settings, database_url, progress)
+    bar.close()
+    print(f"replayed {stats.events} events in {stats.seconds:.2f}s ({stats.events_per_second:,.0f} events/s) "
+          f"into {database_url}")
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraplane", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./.loraplane, or LORAPLANE_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="run the embedded stack in the foreground: broker, S3, API, agents")
+    sub.add_parser("api", help="run the HTTP API and its read-model projector")
+    sub.add_parser("worker", help="run the Faust agents")
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="issue a key and print it once")
+    create.add_argument("--role", choices=["user", "admin"], default="user")
+    create.add_argument("--name", default="cli")
+    create.add_argument("--timeout", type=float, default=60.0)
+    replay = sub.add_parser("replay", help="rebuild a read model from offset 0 into a fresh database")
+    replay.add_argument("--database-url", required=True, help="e.g. sqlite+aiosqlite:///rebuilt.db")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    import logging
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "up":
+        try:
+            return asyncio.run(_up(settings))
+        except KeyboardInterrupt:
+            return 130
+    if args.command == "api":
+        from api.app import run_api
+
+        run_api(settings)
+        return 0
+    if args.command == "worker":
+        from agents.app import run_worker
+
+        run_worker(settings)
+        return 0
+    if args.command == "keys":
+        return asyncio.run(_create_key(settings, args.name, args.role, args.timeout))
+    if args.command == "replay":
+        return asyncio.run(_replay(settings, args.database_url))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Every setting, read from the environment (and `.env`). Names are what docker-compose.yml uses."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path(".loraplane"), validation_alias=_env("LORAPLANE_DATA_DIR"))
+
+    # Kafka. Unset means "embedded": `loraplane up` starts Tansu and sets it for its children.
+    kafka_bootstrap_servers: str | None = Field(None, validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    # How long a fetch may wait for data. Tansu answers a fetch only when this runs out, so the
+    # embedded stack sets it low (20 ms); Apache Kafka answers as soon as data arrives.
+    kafka_fetch_max_wait_ms: int = Field(
+        500, ge=1, le=30_000, validation_alias=_env("LORAPLANE_KAFKA_FETCH_MAX_WAIT_MS")
+    )
+    kafka_rebalance_timeout_s: float = Field(
+        3.0, gt=0, validation_alias=_env("LORAPLANE_KAFKA_REBALANCE_TIMEOUT_S")
+    )
+    kafka_session_timeout_s: float = Field(
+        10.0, gt=0, validation_alias=_env("LORAPLANE_KAFKA_SESSION_TIMEOUT_S")
+    )
+    worker_group_id: str = Field("loraplane-agents", validation_alias=_env("LORAPLANE_WORKER_GROUP_ID"))
+
+    # S3. Unset endpoint means "embedded": `loraplane up` starts SeaweedFS.
+    s3_endpoint: str | None = Field(None, validation_alias=_env("S3_ENDPOINT"))
+    s3_access_key: SecretStr = Field(SecretStr("loraplane"), validation_alias=_env("S3_ACCESS_KEY"))
+    s3_secret_key: SecretStr = Field(
+        SecretStr("loraplane-secret"), validation_alias=_env("S3_SECRET_KEY")
+    )
+    s3_region: str = Field("us-east-1", validation_alias=_env("S3_REGION"))
+    s3_secure: bool = Field(False, validation_alias=_env("S3_SECURE"))
+    s3_bucket: str = Field("loraplane", validation_alias=_env("S3_BUCKET"))
+    # Bucket of the embedded broker's log (Tansu's `s3://` storage engine).
+    broker_log_bucket: str = Field("loraplane-log", validation_alias=_env("LORAPLANE_BROKER_LOG_BUCKET"))
+
+    # Read model: SQLite under data_dir unless a URL is given (postgresql+asyncpg://...).
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+
+    api_host: str = Field("127.0.0.1", validation_alias=_env("LORAPLANE_API_HOST"))
+    api_port: int = Field(8000, ge=0, le=65535, validation_alias=_env("LORAPLANE_API_PORT"))
+    # Longest `?wait=` a caller may ask for, in seconds.
+    api_max_wait_s: float = Field(60.0, gt=0, validation_alias=_env("LORAPLANE_API_MAX_WAIT_S"))
+
+    # Embedded stack ports (0 = pick a free one).
+    broker_port: int = Field(9092, ge=0, le=65535, validation_alias=_env("LORAPLANE_BROKER_PORT"))
+    s3_port: int = Field(8333, ge=0, le=65535, validation_alias=_env("LORAPLANE_S3_PORT"))
+
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        "none", validation_alias=_env("LORAPLANE_OTEL_EXPORTER")
+    )
+    otel_endpoint: str | None = Field(None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_service_name: str = Field("loraplane", validation_alias=_env("OTEL_SERVICE_NAME"))
+
+    log_level: str = Field("INFO", validation_alias=_env("LORAPLANE_LOG_LEVEL"))
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def embedded_s3(self) -> bool:
+        return not self.s3_endpoint
+
+    @property
+    def read_model_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'readmodel.db').resolve()}"
+
+    def require_kafka(self) -> str:
+        if not self.kafka_bootstrap_servers:
+            raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set (run under `loraplane up`, or set it)")
+        return self.kafka_bootstrap_servers
+
+    def require_s3(self) -> str:
+        if not self.s3_endpoint:
+            raise RuntimeError("S3_ENDPOINT is not set (run under `loraplane up`, or set it)")
+        return self.s3_endpoint
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,64 @@
+"""The one envelope every command and event travels in (DESIGN.md, "Flow")."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+
+
+class Frozen(BaseModel):
+    """Immutable base for everything on the wire; unknown fields are refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Payload(Frozen):
+    """Base class of every command and event payload; subclasses register in `streams.registry`."""
+
+
+class ActorType(StrEnum):
+    USER = "USER"
+    API_KEY = "API_KEY"
+    SYSTEM = "SYSTEM"
+
+
+class Actor(Frozen):
+    type: ActorType
+    id: str
+    name: str
+
+
+SYSTEM_ACTOR = Actor(type=ActorType.SYSTEM, id="system", name="loraplane")
+
+
+class MessageKind(StrEnum):
+    COMMAND = "command"
+    EVENT = "event"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(Frozen):
+    id: str = Field(default_factory=new_id)
+    type: str
+    schema_version: int = Field(ge=1)
+    aggregate_type: str
+    aggregate_id: str = Field(min_length=1, max_length=512)
+    # Events only: the aggregate's version after this event (unchanged, and 0 for none, on rejections).
+    aggregate_version: int | None = Field(default=None, ge=0)
+    command_id: str
+    correlation_id: str
+    causation_id: str | None = None
+    actor: Actor
+    occurred_at: datetime = Field(default_factory=utcnow)
+    traceparent: str | None = None
+    payload: SerializeAsAny[Payload]
