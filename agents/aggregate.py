@@ -10,7 +10,7 @@ from streams.envelope import Envelope, Payload
 from streams.outcomes import RejectionCode
 
 
-class Rejected(Exception):  # noqa: N818 - a decision, not a failure
+class Rejected(Exception):
     """Raised by `decide` to refuse a command; becomes a `command.rejected` event."""
 
     def __init__(self, code: RejectionCode, reason: str, field: str | None = None) -> None:

@@ -36,27 +36,33 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
+        consumer_group_instance_id=settings.worker_instance_id,
         producer_acks=-1,
     )
     processor = CommandProcessor(settings, AGGREGATES)
-    commands = app.topic(COMMANDS.name, key_type=bytes, value_type=bytes, value_serializer="raw",
-                         key_serializer="raw", partitions=COMMANDS.partitions)
+    commands = app.topic(
+        COMMANDS.name,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=COMMANDS.partitions,
+    )
 
     @app.agent(commands)
     async def handle_commands(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
             headers = list(message.headers or [])
-            await processor.handle(message.value, headers, f"{message.topic}:{message.partition}:{message.offset}")
+            source = f"{message.topic}:{message.partition}:{message.offset}"
+            await processor.handle(message.value, headers, source, key=message.key)
 
     @app.on_before_shutdown.connect
-    async def _stop_processor(app: faust.App, **_: Any) -> None:  # pragma: no cover - shutdown path
+    async def _stop_processor(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await processor.stop()
 
-    app.loraplane_processor = processor  # type: ignore[attr-defined]
-
     @app.task
-    async def _start_processor() -> None:
+    async def _fold_the_log_before_the_first_command() -> None:
         await processor.start()
 
     return app

@@ -17,7 +17,7 @@ from agents.aggregate import Aggregate, Rejected
 from agents.event_log import EventLogFollower
 from agents.state import AgentState
 from infra.errors import is_retriable
-from infra.kafka import make_producer, publish
+from infra.kafka import make_producer, publish, stop_quietly
 from infra.settings import Settings
 from infra.telemetry import continued_from, current_traceparent, tracer
 from streams import registry
@@ -53,23 +53,23 @@ class CommandProcessor:
     async def stop(self) -> None:
         if self._started and self._producer is not None:
             await self._follower.stop()
-            await self._producer.stop()
+            await stop_quietly(self._producer)
             self._started = False
 
-    async def handle(self, raw: bytes | None, headers: Headers, source: str) -> None:
+    async def handle(self, raw: bytes | None, headers: Headers, source: str, key: bytes | None = None) -> None:
         await self.start()
         try:
             command = decode(raw)
         except MessageDecodeError as exc:
-            await self._deadletter(raw, headers, str(exc), source)
+            await self._deadletter(raw, key, headers, str(exc), source)
             return
         meta = registry.lookup(command.type, command.schema_version)
         aggregate = self.state.aggregates.get(command.aggregate_type)
         if meta is None or meta.kind is not MessageKind.COMMAND:
-            await self._deadletter(raw, headers, f"{command.type} is not a command", source)
+            await self._deadletter(raw, key, headers, f"{command.type} is not a command", source)
             return
         if aggregate is None:
-            await self._deadletter(raw, headers, f"no agent handles {command.aggregate_type} commands", source)
+            await self._deadletter(raw, key, headers, f"no agent handles {command.aggregate_type} commands", source)
             return
         backoff = 0.2
         while True:
@@ -79,7 +79,7 @@ class CommandProcessor:
             except Exception as exc:
                 if not is_retriable(exc):
                     log.exception("command %s (%s) failed", command.command_id, command.type)
-                    await self._deadletter(raw, headers, f"{type(exc).__name__}: {exc}", source)
+                    await self._deadletter(raw, key, headers, f"{type(exc).__name__}: {exc}", source)
                     return
                 log.warning("command %s: %s; retrying in %.1fs", command.command_id, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -129,10 +129,12 @@ class CommandProcessor:
                     traceparent=traceparent,
                 )
                 assert self._producer is not None
-                await publish(self._producer, EVENTS, event)
+                await self._follower.published(event, await publish(self._producer, EVENTS, event))
                 span.add_event(event.type)
 
-    async def _deadletter(self, raw: bytes | None, headers: Headers, reason: str, source: str) -> None:
+    async def _deadletter(
+        self, raw: bytes | None, key: bytes | None, headers: Headers, reason: str, source: str
+    ) -> None:
         log.error("dead-lettering a message from %s: %s", source, reason)
         dead_headers = [
             *[(k, v) for k, v in headers if k not in (DEADLETTER_REASON_HEADER, DEADLETTER_SOURCE_HEADER)],
@@ -143,7 +145,7 @@ class CommandProcessor:
         while True:
             try:
                 assert self._producer is not None
-                await self._producer.send_and_wait(DEADLETTER.name, value=raw or b"", headers=dead_headers)
+                await self._producer.send_and_wait(DEADLETTER.name, value=raw or b"", key=key, headers=dead_headers)
                 return
             except Exception as exc:
                 if not is_retriable(exc):

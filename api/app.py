@@ -51,7 +51,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             await engine.dispose()
 
     def provide_bus(state: State) -> CommandBus:
-        return state.bus  # type: ignore[no-any-return]
+        return state.bus
 
     return Litestar(
         route_handlers=[healthz, readyz, command_status, WorkspaceController, ApiKeyController],
@@ -68,9 +68,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             version="0.1.0",
             description="Control plane for LoRA adapters and LLM deployments",
             path="/schema",
-            components=Components(
-                security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}
-            ),
+            components=Components(security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"BearerAuth": []}],
         ),
         debug=False,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import REJECTIONS, ApiError
 from api.readmodel import queries
-from infra.kafka import make_producer, publish
+from infra.kafka import make_producer, publish, stop_quietly
 from infra.settings import Settings
 from infra.telemetry import current_traceparent
 from streams.envelope import Actor, Payload
@@ -46,7 +46,7 @@ class CommandBus:
         await self._producer.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        await stop_quietly(self._producer)
 
     def projected(self, command_ids: Sequence[str]) -> None:
         """Called by the read-model follower after it committed these commands' outcomes."""

@@ -20,7 +20,9 @@ class Creator(BaseModel):
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Creator:
-        api_key = ApiKeyRef(id=row["creator_id"], name=row["creator_name"]) if row["creator_type"] == "API_KEY" else None
+        api_key = (
+            ApiKeyRef(id=row["creator_id"], name=row["creator_name"]) if row["creator_type"] == "API_KEY" else None
+        )
         return cls(actor_type=row["creator_type"], api_key=api_key)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from typing import cast
+
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from infra.telemetry import tracer
@@ -13,9 +15,10 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        name = f"{scope['method']} {scope['path']}"
+        method = cast("HTTPScope", scope)["method"]
+        name = f"{method} {scope['path']}"
         with tracer("loraplane.api").start_as_current_span(name, kind=SpanKind.SERVER) as span:
-            span.set_attribute("http.request.method", scope["method"])
+            span.set_attribute("http.request.method", method)
             span.set_attribute("url.path", scope["path"])
 
             async def traced_send(message: Message) -> None:

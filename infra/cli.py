@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "data_dir", None):
         os.environ["LORAPLANE_DATA_DIR"] = str(args.data_dir)
     get_settings.cache_clear()
-    _load_stack_env(get_settings().data_dir)
+    if args.command != "up":  # `up` makes the stack that file describes
+        _load_stack_env(get_settings().data_dir)
     get_settings.cache_clear()
     return get_settings()
 
@@ -57,7 +59,8 @@ async def _up(settings: Settings) -> int:
         child_env = {**os.environ, **env}
         me = [sys.executable, "-m", "infra.cli"]
         _say("starting agents (Faust worker)")
-        await stack.start_child(ChildSpec("worker", [*me, "worker"], env=child_env))
+        worker_env = {"LORAPLANE_WORKER_INSTANCE_ID": f"{socket.gethostname()}-worker-0", **child_env}
+        await stack.start_child(ChildSpec("worker", [*me, "worker"], env=worker_env))
         _say(f"starting API on http://{settings.api_host}:{settings.api_port}")
         await stack.start_child(ChildSpec("api", [*me, "api"], env=child_env))
         base = f"http://{settings.api_host}:{settings.api_port}"
@@ -80,23 +83,27 @@ async def _up(settings: Settings) -> int:
         _say(f"  data:     {data_dir}  (logs in {data_dir / 'logs'})")
         _say("  first key: loraplane keys create --role admin --name me   (in another shell)")
         _say("Ctrl-C stops everything")
-        await stack.run_until_signal()
+        failed = await stack.run_until_signal()
+        if failed is not None:
+            _say(f"{failed.name} failed (exit code {failed.code}); stopping the stack")
+            return 1
         return 0
     finally:
         _say("stopping")
         await stack.stop()
+        (data_dir / STACK_ENV).unlink(missing_ok=True)
         _say("stopped")
 
 
 # --- keys -------------------------------------------------------------------------------------
 
 
-async def _create_key(settings: Settings, name: str, role: str, timeout: float) -> int:
+async def _create_key(settings: Settings, name: str, role: str, answer_within_s: float) -> int:
     from aiokafka import TopicPartition
 
     import streams.catalog  # noqa: F401
     from api.auth import issue_key
-    from infra.kafka import make_consumer, make_producer, publish
+    from infra.kafka import make_consumer, make_producer, publish, stop_quietly
     from streams.api_keys import CreateApiKey, Role
     from streams.envelope import SYSTEM_ACTOR
     from streams.outcomes import CommandRejected
@@ -120,7 +127,7 @@ async def _create_key(settings: Settings, name: str, role: str, timeout: float) 
         for tp in partitions:
             consumer.seek(tp, ends[tp])
         await publish(producer, COMMANDS, command)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + answer_within_s
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
@@ -133,11 +140,14 @@ async def _create_key(settings: Settings, name: str, role: str, timeout: float) 
                     print(issued.secret)
                     print(f"# {role} key {issued.key_id!r} ({name}); it is shown only now", file=sys.stderr)
                     return 0
-        print(f"no answer from the agents in {timeout:.0f}s: is `loraplane up` (or a worker) running?", file=sys.stderr)
+        print(
+            f"no answer from the agents in {answer_within_s:.0f}s: is `loraplane up` (or a worker) running?",
+            file=sys.stderr,
+        )
         return 1
     finally:
-        await producer.stop()
-        await consumer.stop()
+        await stop_quietly(producer)
+        await stop_quietly(consumer)
 
 
 # --- replay -----------------------------------------------------------------------------------
@@ -157,8 +167,10 @@ async def _replay(settings: Settings, database_url: str) -> int:
 
     stats = await replay(settings, database_url, progress)
     bar.close()
-    print(f"replayed {stats.events} events in {stats.seconds:.2f}s ({stats.events_per_second:,.0f} events/s) "
-          f"into {database_url}")
+    print(
+        f"replayed {stats.events} events in {stats.seconds:.2f}s ({stats.events_per_second:,.0f} events/s) "
+        f"into {database_url}"
+    )
     return 0
 
 

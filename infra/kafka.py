@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from infra.settings import Settings
@@ -24,6 +26,16 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+def make_bulk_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
+    """A consumer for reading a log from the start, where throughput matters more than latency."""
+    options: dict[str, Any] = {
+        "fetch_max_wait_ms": settings.kafka_bulk_fetch_max_wait_ms,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "max_poll_records": 5000,
+    }
+    return make_consumer(settings, **{**options, **overrides})
+
+
 def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.require_kafka(),
@@ -41,3 +53,44 @@ async def publish(producer: AIOKafkaProducer, topic: TopicSpec, envelope: Envelo
     return await producer.send_and_wait(
         topic.name, value=encode(envelope), key=key_for(envelope), headers=headers_for(envelope)
     )
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    partitions: Sequence[TopicPartition],
+    on_records: Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[None] | None],
+    *,
+    fetch_max_wait_ms: int,
+    max_records: int | None = None,
+) -> None:
+    """Read from each partition's position to the end of the log as it is now.
+
+    The end comes from fetch responses' high watermark, not from ListOffsets: Tansu's answer to
+    ListOffsets(LATEST) was seen stuck at an old offset for every client while fetches (and their
+    high watermark) were right. A read ends when a fetch brings nothing and every position has
+    reached the high watermark that fetch reported.
+    """
+    idle_ms = 2 * fetch_max_wait_ms + 100
+    remaining = list(partitions)
+    while remaining:
+        batches = await consumer.getmany(*remaining, timeout_ms=idle_ms, max_records=max_records)
+        for tp, records in batches.items():
+            if records:
+                result = on_records(tp, records)
+                if result is not None:
+                    await result
+        if not any(batches.values()):
+            remaining = [
+                tp for tp in remaining if (high := consumer.highwater(tp)) is None or await consumer.position(tp) < high
+            ]
+
+
+async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client on shutdown. aiokafka's consumer without a group re-raises the cancellation
+    of its own internal task from stop(); that is not the caller being cancelled."""
+    task = asyncio.current_task()
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise

@@ -26,20 +26,23 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         500, ge=1, le=30_000, validation_alias=_env("LORAPLANE_KAFKA_FETCH_MAX_WAIT_MS")
     )
-    kafka_rebalance_timeout_s: float = Field(
-        3.0, gt=0, validation_alias=_env("LORAPLANE_KAFKA_REBALANCE_TIMEOUT_S")
+    # Reading a log from the start (agent start-up, replay): a longer wait lets Tansu's S3 engine,
+    # which reads one object per record batch, put more batches in each answer (measured: 2,000
+    # events in 27 s at 20 ms, 4.6 s at 100 ms).
+    kafka_bulk_fetch_max_wait_ms: int = Field(
+        250, ge=1, le=30_000, validation_alias=_env("LORAPLANE_KAFKA_BULK_FETCH_MAX_WAIT_MS")
     )
-    kafka_session_timeout_s: float = Field(
-        10.0, gt=0, validation_alias=_env("LORAPLANE_KAFKA_SESSION_TIMEOUT_S")
-    )
+    kafka_rebalance_timeout_s: float = Field(3.0, gt=0, validation_alias=_env("LORAPLANE_KAFKA_REBALANCE_TIMEOUT_S"))
+    kafka_session_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("LORAPLANE_KAFKA_SESSION_TIMEOUT_S"))
     worker_group_id: str = Field("loraplane-agents", validation_alias=_env("LORAPLANE_WORKER_GROUP_ID"))
+    # Static group membership: a restarted worker with the same id takes its partitions back at
+    # once instead of waiting for its old session to time out. Unique per worker process.
+    worker_instance_id: str | None = Field(None, validation_alias=_env("LORAPLANE_WORKER_INSTANCE_ID"))
 
     # S3. Unset endpoint means "embedded": `loraplane up` starts SeaweedFS.
     s3_endpoint: str | None = Field(None, validation_alias=_env("S3_ENDPOINT"))
     s3_access_key: SecretStr = Field(SecretStr("loraplane"), validation_alias=_env("S3_ACCESS_KEY"))
-    s3_secret_key: SecretStr = Field(
-        SecretStr("loraplane-secret"), validation_alias=_env("S3_SECRET_KEY")
-    )
+    s3_secret_key: SecretStr = Field(SecretStr("loraplane-secret"), validation_alias=_env("S3_SECRET_KEY"))
     s3_region: str = Field("us-east-1", validation_alias=_env("S3_REGION"))
     s3_secure: bool = Field(False, validation_alias=_env("S3_SECURE"))
     s3_bucket: str = Field("loraplane", validation_alias=_env("S3_BUCKET"))
@@ -58,9 +61,7 @@ class Settings(BaseSettings):
     broker_port: int = Field(9092, ge=0, le=65535, validation_alias=_env("LORAPLANE_BROKER_PORT"))
     s3_port: int = Field(8333, ge=0, le=65535, validation_alias=_env("LORAPLANE_S3_PORT"))
 
-    otel_exporter: Literal["none", "console", "otlp"] = Field(
-        "none", validation_alias=_env("LORAPLANE_OTEL_EXPORTER")
-    )
+    otel_exporter: Literal["none", "console", "otlp"] = Field("none", validation_alias=_env("LORAPLANE_OTEL_EXPORTER"))
     otel_endpoint: str | None = Field(None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
     otel_service_name: str = Field("loraplane", validation_alias=_env("OTEL_SERVICE_NAME"))
 

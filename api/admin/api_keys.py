@@ -52,7 +52,9 @@ class ApiKeyController(Controller):
         issued = issue_key()
         command_id = await bus.send(
             CreateApiKey(key_id=issued.key_id, name=data.name, role=data.role, key_hash=issued.key_hash),
-            aggregate_id=issued.key_id, actor=request.user.actor, wait=wait,
+            aggregate_id=issued.key_id,
+            actor=request.user.actor,
+            wait=wait,
         )
         answer = await bus.outcome(command_id, ["body"])
         body = ApiKeyIssued(id=issued.key_id, name=data.name, role=data.role, key=issued.secret, command_id=command_id)
@@ -61,8 +63,14 @@ class ApiKeyController(Controller):
     @get("/", summary="List API keys")
     async def list_keys(self, state: State) -> list[ApiKeyInfo]:
         return [
-            ApiKeyInfo(id=r["key_id"], name=r["name"], role=Role(r["role"]), revoked=r["revoked"],
-                       created_at=r["created_at"], creator_name=r["creator_name"])
+            ApiKeyInfo(
+                id=r["key_id"],
+                name=r["name"],
+                role=Role(r["role"]),
+                revoked=r["revoked"],
+                created_at=r["created_at"],
+                creator_name=r["creator_name"],
+            )
             for r in await queries.list_api_keys(state.engine)
         ]
 
@@ -70,7 +78,9 @@ class ApiKeyController(Controller):
     async def revoke(
         self, key_id: str, request: Request[Principal, str, State], bus: CommandBus, wait: Wait = 0
     ) -> Response[Any]:
-        command_id = await bus.send(RevokeApiKey(key_id=key_id), aggregate_id=key_id, actor=request.user.actor, wait=wait)
+        command_id = await bus.send(
+            RevokeApiKey(key_id=key_id), aggregate_id=key_id, actor=request.user.actor, wait=wait
+        )
         if (answer := await bus.outcome(command_id, ["path"])) is not None:
             return answer
         return Response(None, status_code=204)

@@ -6,20 +6,23 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from api.readmodel.projector import EventRecord, Projector
-from infra.kafka import make_consumer
+from infra.kafka import make_bulk_consumer, make_consumer, stop_quietly
 from infra.settings import Settings
 from streams.topics import EVENTS
 
 log = logging.getLogger(__name__)
 
 
-async def open_event_log(settings: Settings, projector: Projector) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+async def open_event_log(
+    settings: Settings, projector: Projector, *, bulk: bool = False
+) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     """A consumer on every partition of the event log, positioned where the read model stopped."""
-    consumer = make_consumer(settings, max_poll_records=2000)
+    consumer = make_bulk_consumer(settings) if bulk else make_consumer(settings, max_poll_records=2000)
     await consumer.start()
     partitions = consumer.partitions_for_topic(EVENTS.name)
     if not partitions:
@@ -36,7 +39,7 @@ async def open_event_log(settings: Settings, projector: Projector) -> tuple[AIOK
     return consumer, assigned
 
 
-def to_records(batches: dict[TopicPartition, list]) -> list[EventRecord]:  # type: ignore[type-arg]
+def to_records(batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> list[EventRecord]:
     return [
         EventRecord(tp.topic, tp.partition, record.offset, record.value)
         for tp, records in batches.items()
@@ -45,9 +48,7 @@ def to_records(batches: dict[TopicPartition, list]) -> list[EventRecord]:  # typ
 
 
 class ReadModelFollower:
-    def __init__(
-        self, settings: Settings, projector: Projector, on_projected: Callable[[list[str]], None]
-    ) -> None:
+    def __init__(self, settings: Settings, projector: Projector, on_projected: Callable[[list[str]], None]) -> None:
         self._settings = settings
         self._projector = projector
         self._on_projected = on_projected
@@ -93,4 +94,4 @@ class ReadModelFollower:
                 log.exception("read model follower failed; reopening the event log")
                 await asyncio.sleep(1.0)
             finally:
-                await consumer.stop()
+                await stop_quietly(consumer)

@@ -81,7 +81,8 @@ async def record_outcome(conn: AsyncConnection, event: Envelope) -> None:
     """The first event of a command is its outcome; later ones (and redeliveries) change nothing."""
     rejection = event.payload if isinstance(event.payload, CommandRejected) else None
     exists = await conn.scalar(
-        command_outcomes.select().with_only_columns(command_outcomes.c.command_id)
+        command_outcomes.select()
+        .with_only_columns(command_outcomes.c.command_id)
         .where(command_outcomes.c.command_id == event.command_id)
     )
     if exists:

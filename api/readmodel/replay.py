@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from api.readmodel.database import create_engine, create_schema
-from api.readmodel.follower import open_event_log, to_records
-from api.readmodel.projector import Projector
+from api.readmodel.follower import open_event_log
+from api.readmodel.projector import EventRecord, Projector
+from infra.kafka import read_to_end, stop_quietly
 from infra.settings import Settings
+from streams.topics import EVENTS
 
 
 @dataclass(frozen=True)
@@ -27,31 +30,33 @@ class ReplayStats:
 async def replay(
     settings: Settings, database_url: str, progress: Callable[[int, int], None] | None = None
 ) -> ReplayStats:
-    """Project every event up to the log's current end; `progress(done, total)` after each batch."""
+    """Project every event up to the log's current end; `progress(done, estimated_total)` per batch."""
     engine = create_engine(database_url)
     try:
         await create_schema(engine)
         projector = Projector(engine)
-        if await projector.offsets("loraplane.events"):
+        if await projector.offsets(EVENTS.name):
             raise RuntimeError(f"{database_url} already holds a read model; replay needs a fresh database")
-        consumer, partitions = await open_event_log(settings, projector)
+        consumer, partitions = await open_event_log(settings, projector, bulk=True)
         try:
-            ends = await consumer.end_offsets(partitions)
-            total = sum(ends.values())
+            # Only an estimate for the progress bar: the broker's reported end can lag (see read_to_end).
+            total = sum((await consumer.end_offsets(partitions)).values())
             done = 0
             started = time.perf_counter()
-            behind = {tp for tp in partitions if ends[tp] > 0}
-            while behind:
-                batches = await consumer.getmany(*behind, timeout_ms=1000, max_records=5000)
-                records = [r for r in to_records(batches) if r.offset < ends[TopicPartition(r.topic, r.partition)]]
-                await projector.apply(records)
+
+            async def project(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
+                nonlocal done, total
+                await projector.apply([EventRecord(tp.topic, tp.partition, r.offset, r.value) for r in records])
                 done += len(records)
+                total = max(total, done)
                 if progress:
                     progress(done, total)
-                behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
+
+            await read_to_end(
+                consumer, partitions, project, fetch_max_wait_ms=settings.kafka_bulk_fetch_max_wait_ms, max_records=5000
+            )
             return ReplayStats(events=done, seconds=time.perf_counter() - started)
         finally:
-            await consumer.stop()
+            await stop_quietly(consumer)
     finally:
         await engine.dispose()
-

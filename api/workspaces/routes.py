@@ -24,12 +24,18 @@ class WorkspaceController(Controller):
 
     @post("/", status_code=201, summary="Create a workspace")
     async def create(
-        self, data: WorkspaceCreate, request: Request[Principal, str, State], bus: CommandBus, state: State,
+        self,
+        data: WorkspaceCreate,
+        request: Request[Principal, str, State],
+        bus: CommandBus,
+        state: State,
         wait: Wait = 0,
     ) -> Response[Any]:
         command_id = await bus.send(
             CreateWorkspace(name=data.name, description=data.description),
-            aggregate_id=data.name, actor=request.user.actor, wait=wait,
+            aggregate_id=data.name,
+            actor=request.user.actor,
+            wait=wait,
         )
         if (answer := await bus.outcome(command_id, ["body"])) is not None:
             return answer
@@ -41,8 +47,11 @@ class WorkspaceController(Controller):
         return WorkspaceList(
             data=[Workspace.from_row(r) for r in rows],
             pagination=Pagination(
-                page=page, page_size=page_size, current_page_size=len(rows),
-                total_pages=math.ceil(total / page_size), total_results=total,
+                page=page,
+                page_size=page_size,
+                current_page_size=len(rows),
+                total_pages=math.ceil(total / page_size),
+                total_results=total,
             ),
         )
 
