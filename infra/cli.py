@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import sys
 import time
@@ -51,6 +52,13 @@ async def _up(settings: Settings) -> int:
 
     data_dir = settings.data_dir.resolve()
     stack = LocalStack(settings, log=_say)
+    # Until run_until_signal() takes over, a signal cancels the start-up (and `finally` cleans up).
+    # Installed first thing: a shell starts background jobs with SIGINT ignored.
+    loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    assert starting is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, starting.cancel)
     try:
         env = await stack.start_services()
         (data_dir / "run").mkdir(parents=True, exist_ok=True)
@@ -88,6 +96,9 @@ async def _up(settings: Settings) -> int:
             _say(f"{failed.name} failed (exit code {failed.code}); stopping the stack")
             return 1
         return 0
+    except asyncio.CancelledError:
+        _say("interrupted while starting")
+        return 130
     finally:
         _say("stopping")
         await stack.stop()
