@@ -7,6 +7,8 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from sqlalchemy import text
 
 from api.commands import CommandBus, CommandStatus
@@ -40,5 +42,5 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
 
 
 @get("/v2/commands/{command_id:str}", tags=["system"], summary="What became of a command")
-async def command_status(command_id: str, bus: CommandBus) -> CommandStatus:
+async def command_status(command_id: FromPath[str], bus: NamedDependency[CommandBus]) -> CommandStatus:
     return await bus.status(command_id)

@@ -7,6 +7,8 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, admin_only, issue_key
@@ -47,7 +49,11 @@ class ApiKeyController(Controller):
 
     @post("/", status_code=201, summary="Issue an API key (the key is shown once)")
     async def create(
-        self, data: ApiKeyCreate, request: Request[Principal, str, State], bus: CommandBus, wait: Wait = 0
+        self,
+        data: JSONBody[ApiKeyCreate],
+        request: Request[Principal, str, State],
+        bus: NamedDependency[CommandBus],
+        wait: Wait = 0,
     ) -> Response[Any]:
         issued = issue_key()
         command_id = await bus.send(
@@ -76,7 +82,11 @@ class ApiKeyController(Controller):
 
     @delete("/{key_id:str}", status_code=202, summary="Revoke an API key (204 once done, with ?wait=)")
     async def revoke(
-        self, key_id: str, request: Request[Principal, str, State], bus: CommandBus, wait: Wait = 0
+        self,
+        key_id: FromPath[str],
+        request: Request[Principal, str, State],
+        bus: NamedDependency[CommandBus],
+        wait: Wait = 0,
     ) -> Response[Any]:
         command_id = await bus.send(
             RevokeApiKey(key_id=key_id), aggregate_id=key_id, actor=request.user.actor, wait=wait

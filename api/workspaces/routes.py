@@ -7,6 +7,8 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from api.auth import Principal
 from api.commands import CommandBus
@@ -25,9 +27,9 @@ class WorkspaceController(Controller):
     @post("/", status_code=201, summary="Create a workspace")
     async def create(
         self,
-        data: WorkspaceCreate,
+        data: JSONBody[WorkspaceCreate],
         request: Request[Principal, str, State],
-        bus: CommandBus,
+        bus: NamedDependency[CommandBus],
         state: State,
         wait: Wait = 0,
     ) -> Response[Any]:
@@ -56,12 +58,16 @@ class WorkspaceController(Controller):
         )
 
     @get("/{name:str}", summary="Get a workspace")
-    async def get_workspace(self, name: str, state: State) -> Workspace:
+    async def get_workspace(self, name: FromPath[str], state: State) -> Workspace:
         return await _workspace(state, name)
 
     @delete("/{name:str}", status_code=202, summary="Delete a workspace (204 once done, with ?wait=)")
     async def delete_workspace(
-        self, name: str, request: Request[Principal, str, State], bus: CommandBus, wait: Wait = 0
+        self,
+        name: FromPath[str],
+        request: Request[Principal, str, State],
+        bus: NamedDependency[CommandBus],
+        wait: Wait = 0,
     ) -> Response[Any]:
         command_id = await bus.send(DeleteWorkspace(name=name), aggregate_id=name, actor=request.user.actor, wait=wait)
         if (answer := await bus.outcome(command_id, ["path"])) is not None:
@@ -69,7 +75,7 @@ class WorkspaceController(Controller):
         return Response(None, status_code=204)
 
 
-async def _workspace(state: State, name: str) -> Workspace:
+async def _workspace(state: State, name: FromPath[str]) -> Workspace:
     row = await queries.get_workspace(state.engine, name)
     if row is None:
         raise NotFound(f"workspace {name!r} does not exist", loc=["path", "name"])
