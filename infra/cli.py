@@ -67,7 +67,10 @@ async def _up(settings: Settings) -> int:
         child_env = {**os.environ, **env}
         me = [sys.executable, "-m", "infra.cli"]
         _say("starting agents (Faust worker)")
-        worker_env = {"LORAPLANE_WORKER_INSTANCE_ID": f"{socket.gethostname()}-worker-0", **child_env}
+        # One static member id per `up`: the supervisor's restarts of the worker keep it (and so its
+        # partitions), while two stacks sharing a broker never fence each other's workers.
+        instance_id = f"{socket.gethostname()}-{os.getpid()}-worker"
+        worker_env = {"LORAPLANE_WORKER_INSTANCE_ID": instance_id, **child_env}
         await stack.start_child(ChildSpec("worker", [*me, "worker"], env=worker_env))
         _say(f"starting API on http://{settings.api_host}:{settings.api_port}")
         await stack.start_child(ChildSpec("api", [*me, "api"], env=child_env))
