@@ -7,6 +7,7 @@ from typing import Any
 
 from agents.aggregate import Aggregate
 from streams.envelope import Envelope
+from streams.outcomes import CommandRejected
 
 
 @dataclass
@@ -28,7 +29,7 @@ class AgentState:
         """Fold one event in. Re-applying an event already folded in changes nothing."""
         self.handled_commands.add(event.command_id)
         aggregate = self.aggregates.get(event.aggregate_type)
-        if aggregate is None or event.type == "command.rejected":
+        if aggregate is None or isinstance(event.payload, CommandRejected):
             return
         key = (event.aggregate_type, event.aggregate_id)
         current = self.entries.get(key) or AggregateState()

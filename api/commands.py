@@ -69,21 +69,24 @@ class CommandBus:
         return command.command_id
 
     async def status(self, command_id: str) -> CommandStatus:
-        row = await queries.get_outcome(self._engine, command_id)
-        if row is None:
-            return CommandStatus(command_id=command_id, status="pending")
-        return CommandStatus.model_validate(row, from_attributes=False)
+        return _status(command_id, await queries.get_outcome(self._engine, command_id))
 
     async def outcome(self, command_id: str, loc_prefix: Sequence[str]) -> Response[Any] | None:
         """None when the command succeeded; a 202 while it is pending; raises the rejection as an ApiError."""
-        status = await self.status(command_id)
-        if status.status == "pending":
+        row = await queries.get_outcome(self._engine, command_id)
+        status = _status(command_id, row)
+        if row is None:
             return Response(
                 status.model_dump(mode="json"), status_code=202, headers={"Location": f"/v2/commands/{command_id}"}
             )
         if status.status == "rejected":
             error = REJECTIONS.get(RejectionCode(status.code), ApiError) if status.code else ApiError
-            row = await queries.get_outcome(self._engine, command_id) or {}
-            field = row.get("field")
+            field = row["field"]
             raise error(status.reason or "rejected", loc=[*loc_prefix, field] if field else list(loc_prefix))
         return None
+
+
+def _status(command_id: str, row: dict[str, Any] | None) -> CommandStatus:
+    if row is None:
+        return CommandStatus(command_id=command_id, status="pending")
+    return CommandStatus.model_validate(row)

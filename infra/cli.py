@@ -64,16 +64,14 @@ async def _up(settings: Settings) -> int:
         (data_dir / "run").mkdir(parents=True, exist_ok=True)
         (data_dir / STACK_ENV).write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         os.chmod(data_dir / STACK_ENV, 0o600)
-        child_env = {**os.environ, **env}
         me = [sys.executable, "-m", "infra.cli"]
         _say("starting agents (Faust worker)")
         # One static member id per `up`: the supervisor's restarts of the worker keep it (and so its
         # partitions), while two stacks sharing a broker never fence each other's workers.
         instance_id = f"{socket.gethostname()}-{os.getpid()}-worker"
-        worker_env = {"LORAPLANE_WORKER_INSTANCE_ID": instance_id, **child_env}
-        await stack.start_child(ChildSpec("worker", [*me, "worker"], env=worker_env))
+        await stack.start_child(ChildSpec("worker", [*me, "worker"], env={"LORAPLANE_WORKER_INSTANCE_ID": instance_id}))
         _say(f"starting API on http://{settings.api_host}:{settings.api_port}")
-        await stack.start_child(ChildSpec("api", [*me, "api"], env=child_env))
+        await stack.start_child(ChildSpec("api", [*me, "api"]))
         base = f"http://{settings.api_host}:{settings.api_port}"
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=2.0) as client:

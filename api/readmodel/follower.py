@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +52,6 @@ class ReadModelFollower:
         self._projector = projector
         self._on_projected = on_projected
         self._task: asyncio.Task[None] | None = None
-        self.last_progress = 0.0
         self.healthy = False
 
     def start(self) -> None:
@@ -84,7 +82,6 @@ class ReadModelFollower:
                     batches = await consumer.getmany(timeout_ms=1000)
                     command_ids = await self._projector.apply(to_records(batches))
                     self.healthy = True
-                    self.last_progress = time.monotonic()
                     if command_ids:
                         self._on_projected(command_ids)
             except asyncio.CancelledError:
