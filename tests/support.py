@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra.kafka import read_to_end, stop_quietly
 
@@ -173,38 +173,42 @@ def events(stack: Stack) -> list[dict[str, Any]]:
     return [r.json() for r in read_topic(stack.bootstrap, "loraplane.events")]
 
 
-@contextmanager
-def produced(bootstrap: str) -> Iterator[Any]:
-    """A blocking `send(topic, value, key=None)` for putting raw bytes on a topic."""
+class RawProducer:
+    """Puts raw bytes on topics from synchronous tests (its own event loop, one producer)."""
 
-    loop = asyncio.new_event_loop()
-    producer = loop.run_until_complete(_started_producer(bootstrap))
+    def __init__(self, bootstrap: str) -> None:
+        async def start() -> AIOKafkaProducer:  # aiokafka clients are made inside a running loop
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+            await producer.start()
+            return producer
 
-    def send(topic: str, value: bytes, key: bytes | None = None) -> None:
-        loop.run_until_complete(producer.send_and_wait(topic, value=value, key=key))
+        self._loop = asyncio.new_event_loop()
+        self._producer = self._loop.run_until_complete(start())
 
-    def send_many(topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self._loop.run_until_complete(self._producer.send_and_wait(topic, value=value, key=key))
+
+    def send_many(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        """Send without waiting between messages, so they reach the broker as fast as it takes them."""
+
         async def all_of_them() -> None:
-            sent = [await producer.send(topic, value=value, key=key) for key, value in messages]
+            sent = [await self._producer.send(topic, value=value, key=key) for key, value in messages]
             await asyncio.gather(*sent)
 
-        loop.run_until_complete(all_of_them())
+        self._loop.run_until_complete(all_of_them())
 
-    send.many = send_many  # type: ignore[attr-defined]
+    def close(self) -> None:
+        self._loop.run_until_complete(stop_quietly(self._producer))
+        self._loop.close()
 
+
+@contextmanager
+def produced(bootstrap: str) -> Iterator[RawProducer]:
+    producer = RawProducer(bootstrap)
     try:
-        yield send
+        yield producer
     finally:
-        loop.run_until_complete(producer.stop())
-        loop.close()
-
-
-async def _started_producer(bootstrap: str) -> Any:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
-    await producer.start()
-    return producer
+        producer.close()
 
 
 def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1, message: str = "condition") -> Any:

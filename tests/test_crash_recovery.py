@@ -25,8 +25,8 @@ def test_worker_killed_mid_stream(stack: Stack, user: Api) -> None:
     ]
     worker_pid = stack.pids()["worker"]
 
-    with produced(stack.bootstrap) as send:
-        send.many("loraplane.commands", [(key_for(c), encode(c)) for c in commands])
+    with produced(stack.bootstrap) as producer:
+        producer.send_many("loraplane.commands", [(key_for(c), encode(c)) for c in commands])
 
     def created() -> int:
         return sum(1 for e in events(stack) if e["aggregate_id"].startswith(prefix))

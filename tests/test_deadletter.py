@@ -20,9 +20,9 @@ POISON = {
 
 def test_poison_messages_go_to_the_dead_letter_topic(stack: Stack, user: Api) -> None:
     marker = uuid.uuid4().hex
-    with produced(stack.bootstrap) as send:
+    with produced(stack.bootstrap) as producer:
         for body in POISON:
-            send("loraplane.commands", body + b" " * 0, key=marker.encode())
+            producer.send("loraplane.commands", body, key=marker.encode())
 
     def dead() -> list[str]:
         return [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -65,11 +64,10 @@ def test_http_request_to_agent_decision_is_one_trace(stack: Stack, admin_key: st
     assert decision.attributes is not None and decision.attributes["loraplane.command_id"] == command_id
 
     # the event the decision produced carries the same trace onwards
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        produced = [r.json() for r in read_topic(stack.bootstrap, "loraplane.events") if r.key == name.encode()]
-        if produced:
-            break
+    produced = wait_until(
+        lambda: [r.json() for r in read_topic(stack.bootstrap, "loraplane.events") if r.key == name.encode()],
+        message="the decision's event",
+    )
     trace_id = f"{http.context.trace_id:032x}"
     assert produced and produced[0]["traceparent"].split("-")[1] == trace_id
     assert json.loads(record.value or b"{}")["traceparent"].split("-")[1] == trace_id
