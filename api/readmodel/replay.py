@@ -10,8 +10,8 @@ from typing import Any
 from aiokafka import ConsumerRecord, TopicPartition
 
 from api.readmodel.database import create_engine, create_schema
-from api.readmodel.follower import open_event_log
-from api.readmodel.projector import EventRecord, Projector
+from api.readmodel.follower import open_event_log, to_records
+from api.readmodel.projector import Projector
 from infra.kafka import read_to_end, stop_quietly
 from infra.settings import Settings
 from streams.topics import EVENTS
@@ -46,7 +46,7 @@ async def replay(
 
             async def project(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
                 nonlocal done, total
-                await projector.apply([EventRecord(tp.topic, tp.partition, r.offset, r.value) for r in records])
+                await projector.apply(to_records({tp: records}))
                 done += len(records)
                 total = max(total, done)
                 if progress:
