@@ -8,17 +8,22 @@ from typing import Any
 import faust
 
 import streams.catalog  # noqa: F401 - registers every message type
+from agents.adapters import ADAPTERS
 from agents.api_keys import API_KEYS
+from agents.artifacts.jobs import ArtifactJobs
+from agents.filesets import FILESETS
+from agents.lora_files import LORA_DIRS
 from agents.processor import CommandProcessor
 from agents.workspaces import WORKSPACES
 from infra.faust_transport import FaustApp
+from infra.secrets import open_secret_box
 from infra.settings import Settings
 from infra.telemetry import configure_tracing
 from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
-AGGREGATES = (WORKSPACES, API_KEYS)
+AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -39,7 +44,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_group_instance_id=settings.worker_instance_id,
         producer_acks=-1,
     )
-    processor = CommandProcessor(settings, AGGREGATES)
+    jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), open_secret_box(settings))
+    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs])
     commands = app.topic(
         COMMANDS.name,
         key_type=bytes,
@@ -59,6 +65,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def _stop_processor(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await jobs.stop()
         await processor.stop()
 
     @app.task

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
@@ -24,7 +25,7 @@ from streams import registry
 from streams.envelope import Envelope, MessageKind, Payload
 from streams.outcomes import CommandRejected
 from streams.serialization import MessageDecodeError, decode, envelope_for
-from streams.topics import DEADLETTER, DEADLETTER_REASON_HEADER, DEADLETTER_SOURCE_HEADER, EVENTS
+from streams.topics import COMMANDS, DEADLETTER, DEADLETTER_REASON_HEADER, DEADLETTER_SOURCE_HEADER, EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,18 @@ Headers = Sequence[tuple[str, bytes]]
 MAX_BACKOFF_S = 10.0
 
 
+class Observer(Protocol):
+    """Work that follows decisions (the artifacts agent): told once the log is folded, then of each event
+    this processor publishes. Must return at once; long work goes to tasks of its own."""
+
+    def started(self, state: AgentState) -> None: ...
+
+    def decided(self, event: Envelope) -> None: ...
+
+
 class CommandProcessor:
-    def __init__(self, settings: Settings, aggregates: Iterable[Aggregate]) -> None:
+    def __init__(self, settings: Settings, aggregates: Iterable[Aggregate], observers: Sequence[Observer] = ()) -> None:
+        self._observers = tuple(observers)
         self.state = AgentState({aggregate.name: aggregate for aggregate in aggregates})
         self._settings = settings
         self._follower = EventLogFollower(settings, self.state)
@@ -49,6 +60,8 @@ class CommandProcessor:
                 await self._producer.start()
                 await self._follower.start()
                 self._started = True
+                for observer in self._observers:
+                    observer.started(self.state)
 
     async def stop(self) -> None:
         if self._started and self._producer is not None:
@@ -131,6 +144,14 @@ class CommandProcessor:
                 assert self._producer is not None
                 await self._follower.published(event, await publish(self._producer, EVENTS, event))
                 span.add_event(event.type)
+                for observer in self._observers:
+                    observer.decided(event)
+
+    async def send_command(self, command: Envelope) -> None:
+        """Publish a command of this process's own (an artifacts job's report) to the commands topic."""
+        await self.start()
+        assert self._producer is not None
+        await publish(self._producer, COMMANDS, command)
 
     async def _deadletter(
         self, raw: bytes | None, key: bytes | None, headers: Headers, reason: str, source: str

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from litestar import Response
@@ -22,6 +22,8 @@ from streams.envelope import Actor, Payload
 from streams.outcomes import RejectionCode
 from streams.serialization import envelope_for
 from streams.topics import COMMANDS
+
+T = TypeVar("T")
 
 
 class CommandStatus(BaseModel):
@@ -41,6 +43,7 @@ class CommandBus:
         self._engine = engine
         self._producer: AIOKafkaProducer = make_producer(settings)
         self._waiters: dict[str, asyncio.Event] = {}
+        self._batch = asyncio.Event()  # set (and replaced) after every projected batch
 
     async def start(self) -> None:
         await self._producer.start()
@@ -53,6 +56,22 @@ class CommandBus:
         for command_id in command_ids:
             if waiter := self._waiters.get(command_id):
                 waiter.set()
+        batch, self._batch = self._batch, asyncio.Event()
+        batch.set()
+
+    async def wait_until(self, check: Callable[[], Awaitable[T | None]], wait: float) -> T | None:
+        """Re-run `check` after each projected batch until it returns something or `wait` runs out: for
+        outcomes that come after the command's first event (an artifact stored, refused)."""
+        deadline = asyncio.get_running_loop().time() + min(wait, self._settings.api_max_wait_s)
+        while True:
+            batch = self._batch
+            if (found := await check()) is not None:
+                return found
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batch.wait(), remaining)
 
     async def send(self, payload: Payload, *, aggregate_id: str, actor: Actor, wait: float) -> str:
         """Publish a command; with `wait` > 0, return once its outcome is projected or `wait` runs out."""

@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infra.errors import LoraplaneError
+from infra.settings import Settings
 
 MASTER_KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -267,3 +268,38 @@ def mask(token: str | None) -> str | None:
     if len(secret) < _MIN_SECRET_TO_SHOW_TAIL:
         return _MASK
     return f"{prefix}{_MASK}{secret[-4:]}"
+
+
+MASTER_KEY_FILE = "secret.key"
+
+
+def open_secret_box(settings: Settings) -> SecretBox:
+    """The box every process of one deployment shares: `LORAPLANE_SECRET_KEY` if set, else a master key
+    kept in data_dir (made on first use, readable by its owner only), with data keys under
+    `settings.secret_keys_path`."""
+    if settings.secret_key is not None:
+        master = decode_master_key(settings.secret_key.get_secret_value())
+    else:
+        master = decode_master_key(_local_master_key(settings.data_dir / MASTER_KEY_FILE))
+    return SecretBox(master, FileKeyStore(settings.secret_keys_path))
+
+
+def _local_master_key(path: Path) -> str:
+    """Read the key file, or make it: written whole under another name, then linked into place, so a
+    process starting at the same moment reads either nothing (and links its own, which fails) or all of it."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(generate_master_key())
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        draft.unlink()
+    return path.read_text().strip()

@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.url_guard import CIVITAI_ALLOWED_HOSTS
+from streams.naming import MAX_UPLOAD_BYTES
+
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
@@ -67,6 +70,30 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", validation_alias=_env("LORAPLANE_LOG_LEVEL"))
 
+    # Secrets (HF tokens): the master key (base64 of 32 bytes; `loraplane up` makes one under data_dir
+    # when unset) and where each secret's wrapped data key is kept (default: data_dir/secret-keys).
+    secret_key: SecretStr | None = Field(None, validation_alias=_env("LORAPLANE_SECRET_KEY"))
+    secret_key_dir: Path | None = Field(None, validation_alias=_env("LORAPLANE_SECRET_KEY_DIR"))
+
+    # Artifact sources. HF_ENDPOINT is huggingface_hub's own variable; unset means huggingface.co.
+    hf_endpoint: str | None = Field(None, validation_alias=_env("HF_ENDPOINT"))
+    # Hosts a CivitAI URL (and every redirect) may name; comma-separated. Default: CivitAI's own.
+    civitai_allowed_hosts: str = Field(
+        ",".join(CIVITAI_ALLOWED_HOSTS), validation_alias=_env("LORAPLANE_CIVITAI_ALLOWED_HOSTS")
+    )
+    civitai_token: SecretStr | None = Field(None, validation_alias=_env("CIVITAI_TOKEN"))
+    download_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("LORAPLANE_DOWNLOAD_TIMEOUT_S"))
+    download_max_redirects: int = Field(5, ge=0, le=20, validation_alias=_env("LORAPLANE_DOWNLOAD_MAX_REDIRECTS"))
+    max_adapter_bytes: int = Field(MAX_UPLOAD_BYTES, gt=0, validation_alias=_env("LORAPLANE_MAX_ADAPTER_BYTES"))
+    # Artifact jobs (fetch, validate, store) one worker runs at once, and tries before a transient
+    # failure (source or S3 away) becomes a rejection.
+    artifact_jobs: int = Field(4, ge=1, le=64, validation_alias=_env("LORAPLANE_ARTIFACT_JOBS"))
+    artifact_attempts: int = Field(4, ge=1, le=20, validation_alias=_env("LORAPLANE_ARTIFACT_ATTEMPTS"))
+    # Empower's `unit_price` per LoRA: JSON {"base model or *": price}. The "*" entry is the default.
+    lora_unit_prices: dict[str, float] = Field(
+        default_factory=lambda: {"*": 0.0}, validation_alias=_env("LORAPLANE_LORA_UNIT_PRICES")
+    )
+
     @property
     def embedded_kafka(self) -> bool:
         return not self.kafka_bootstrap_servers
@@ -80,6 +107,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'readmodel.db').resolve()}"
+
+    @property
+    def civitai_hosts(self) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in self.civitai_allowed_hosts.split(",") if h.strip())
+
+    @property
+    def secret_keys_path(self) -> Path:
+        return self.secret_key_dir or self.data_dir / "secret-keys"
+
+    def unit_price(self, base_model: str | None) -> float:
+        prices = self.lora_unit_prices
+        return prices.get(base_model or "", prices.get("*", 0.0))
 
     def require_kafka(self) -> str:
         if not self.kafka_bootstrap_servers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, Dialect, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Dialect, Integer, MetaData, String, Table, Text
 from sqlalchemy.types import TypeDecorator
 
 
@@ -75,4 +75,98 @@ command_outcomes = Table(
     Column("reason", Text),
     Column("field", String(128)),
     Column("occurred_at", UTCDateTime(), nullable=False),
+)
+
+# --- the adapter registry ---------------------------------------------------------------------
+# JSON columns hold the event's own value objects (streams.artifacts), dumped as JSON.
+
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("workspace", String(255), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("latest_version", Integer, nullable=False),
+    Column("api", String(16), nullable=False),
+    Column("description", Text),
+    Column("enabled", Boolean, nullable=False),
+    Column("lora_config", JSON),
+    Column("version", Integer, nullable=False),  # the aggregate's version: every event moves it
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("creator_type", String(16), nullable=False),
+    Column("creator_id", String(255), nullable=False),
+    Column("creator_name", String(255), nullable=False),
+)
+
+adapter_versions = Table(
+    "adapter_versions",
+    metadata,
+    Column("workspace", String(255), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text),
+    Column("spec", JSON, nullable=False),  # streams.adapters.AdapterSpec; an HF token only sealed
+    Column("artifact", JSON),
+    Column("analysis", JSON),
+    Column("provenance", JSON),
+    Column("bytes_done", BigInteger, nullable=False, default=0),
+    Column("bytes_total", BigInteger),
+    Column("correlation_id", String(64), nullable=False, index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("creator_type", String(16), nullable=False),
+    Column("creator_id", String(255), nullable=False),
+    Column("creator_name", String(255), nullable=False),
+)
+
+# Seed 004's files, by partial path; `status` validating | stored | rejected. A rejected row stays
+# (so an uploader can read why) until the freed name is handed out again.
+lora_files = Table(
+    "lora_files",
+    metadata,
+    Column("partial_path", String(600), primary_key=True),
+    Column("entity_type", String(32), nullable=False, index=True),
+    Column("filename", String(255), nullable=False),
+    Column("original_filename", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text),
+    Column("file_size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("blob_key", String(1024)),
+    Column("analysis", JSON),
+    Column("correlation_id", String(64), nullable=False, index=True),
+    Column("uploaded_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("uploader_id", String(255), nullable=False),
+    Column("uploader_name", String(255), nullable=False),
+)
+
+lora_bin = Table(
+    "lora_bin",
+    metadata,
+    Column("bin_path", String(600), primary_key=True),  # {entity_type}/{file}, unique in the bin
+    Column("partial_path", String(600), nullable=False, index=True),
+    Column("entity_type", String(32), nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("file_size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("blob_key", String(1024)),
+    Column("analysis", JSON),
+    Column("uploaded_at", UTCDateTime(), nullable=False),
+    Column("binned_at", UTCDateTime(), nullable=False),
+)
+
+fileset_files = Table(
+    "fileset_files",
+    metadata,
+    Column("workspace", String(255), primary_key=True),
+    Column("fileset", String(255), primary_key=True),
+    Column("path", String(255), primary_key=True),
+    Column("status", String(16), nullable=False),  # staged | stored
+    Column("file_size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("blob_key", String(1024)),
+    Column("correlation_id", String(64), nullable=False, index=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )

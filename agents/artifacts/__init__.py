@@ -1,0 +1,1 @@
+"""The artifacts agent: fetches, validates and stores what the registry's aggregates have requested."""

@@ -1,0 +1,412 @@
+"""Runs the artifacts agent's jobs: one per requested adapter version, reserved LoRA file or added
+fileset file. A job's outcome is a command back to the aggregate that asked for it.
+
+Nothing is lost on a crash: a job is found again from the folded log at start-up (every requested
+item not yet stored or refused) and run again. Re-running is safe: objects are content-addressed,
+and a job's reports carry command ids derived from the job, so the processor drops repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from hashlib import sha256
+from pathlib import Path
+
+from minio import Minio
+
+from agents.adapters import Adapter
+from agents.artifacts.checks import (
+    ADAPTER_CONFIG,
+    analysis_of,
+    choose_weights,
+    problems_of,
+    rejection_reason,
+    validate_weights,
+)
+from agents.artifacts.sources import (
+    Fetched,
+    SourceFile,
+    fetch_civitai,
+    fetch_hf,
+    staged_or_stored_key,
+    upload_file,
+)
+from agents.filesets import Fileset
+from agents.lora_files import LoraDir
+from agents.state import AgentState
+from agents.validation import ArtifactReport, ValidationProblem
+from infra.errors import LoraplaneError, is_retriable
+from infra.s3 import make_client
+from infra.s3_objects import remove_quietly, store_blob_from_file, store_blob_from_object
+from infra.secrets import SecretBox
+from infra.settings import Settings
+from streams import adapters, filesets, lora_files
+from streams.adapters import AdapterSpec, AdapterStatus, CivitaiSource, FilesetSource, HfSource, UploadSource
+from streams.artifacts import Artifact, Progress, Provenance, StoredFile
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.serialization import envelope_for
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Envelope], Awaitable[None]]
+_REPORT_IDS = uuid.UUID("6f1f0c3e-6c52-4d0e-9a43-3f4a9d9c1b55")
+PROGRESS_STEPS = 4  # at most this many download progress events per version (25 %, 50 %, ...)
+PROGRESS_MIN_INTERVAL_S = 1.0
+
+
+class Refused(LoraplaneError):
+    """The artifact is refused: the reason goes to the caller as is."""
+
+
+class ArtifactJobs:
+    def __init__(self, settings: Settings, send: Send, secrets: SecretBox | None = None) -> None:
+        self._settings = settings
+        self._send = send
+        self._secrets = secrets
+        self._bucket = settings.s3_bucket
+        self._client: Minio | None = None
+        self._state: AgentState | None = None
+        self._slots = asyncio.Semaphore(settings.artifact_jobs)
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def client(self) -> Minio:
+        if self._client is None:
+            self._client = make_client(self._settings)
+        return self._client
+
+    # --- Observer -------------------------------------------------------------------------------
+
+    def started(self, state: AgentState) -> None:
+        self._state = state
+        for (aggregate_type, aggregate_id), entry in list(state.entries.items()):
+            value = entry.value
+            if aggregate_type == adapters.AGGREGATE and isinstance(value, Adapter):
+                for version in value.versions:
+                    if not version.finished:
+                        self._start_adapter(aggregate_id, version.version, version.spec, None)
+            elif aggregate_type == lora_files.AGGREGATE and isinstance(value, LoraDir):
+                for file in value.files.values():
+                    if not file.stored:
+                        self._start_lora_file(
+                            aggregate_id,
+                            file.partial_path,
+                            file.filename,
+                            file.staged_key,
+                            file.sha256,
+                            file.size,
+                            None,
+                        )
+            elif aggregate_type == filesets.AGGREGATE and isinstance(value, Fileset):
+                for f in value.files.values():
+                    if f.stored is None:
+                        self._start_fileset_file(aggregate_id, f.path, f.staged_key, f.sha256, f.size, None)
+
+    def decided(self, event: Envelope) -> None:
+        payload = event.payload
+        if isinstance(payload, adapters.AdapterRequested):
+            self._start_adapter(event.aggregate_id, payload.version, payload.spec, event.correlation_id)
+        elif isinstance(payload, lora_files.LoraFileReserved):
+            self._start_lora_file(
+                event.aggregate_id,
+                payload.partial_path,
+                payload.filename,
+                payload.staged_key,
+                payload.sha256,
+                payload.size,
+                event.correlation_id,
+            )
+        elif isinstance(payload, filesets.FilesetFileAdded):
+            self._start_fileset_file(
+                event.aggregate_id, payload.path, payload.staged_key, payload.sha256, payload.size, event.correlation_id
+            )
+
+    async def stop(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until no job runs (tests and shutdown)."""
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    # --- scheduling -----------------------------------------------------------------------------
+
+    def _spawn(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        if key in self._running:
+            return
+
+        async def run() -> None:
+            try:
+                async with self._slots:
+                    await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("artifact job %s failed; it runs again when the worker restarts", key)
+            finally:
+                self._running.pop(key, None)
+
+        self._running[key] = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
+
+    def _start_adapter(self, aggregate_id: str, version: int, spec: AdapterSpec, correlation: str | None) -> None:
+        key = f"adapter:{aggregate_id}:{version}"
+        reporter = _Reporter(self._send, key, adapters.AGGREGATE, aggregate_id, correlation)
+        self._spawn(key, lambda: self._adapter_job(reporter, aggregate_id, version, spec))
+
+    def _start_lora_file(
+        self,
+        directory: str,
+        partial_path: str,
+        filename: str,
+        staged_key: str,
+        digest: str,
+        size: int,
+        correlation: str | None,
+    ) -> None:
+        key = f"lora_file:{partial_path}:{digest}"
+        reporter = _Reporter(self._send, key, lora_files.AGGREGATE, directory, correlation)
+        self._spawn(key, lambda: self._lora_file_job(reporter, partial_path, filename, staged_key, digest, size))
+
+    def _start_fileset_file(
+        self, fileset_id: str, path: str, staged_key: str, digest: str, size: int, correlation: str | None
+    ) -> None:
+        key = f"fileset:{fileset_id}:{path}:{digest}"
+        reporter = _Reporter(self._send, key, filesets.AGGREGATE, fileset_id, correlation)
+        self._spawn(key, lambda: self._fileset_job(reporter, path, staged_key, digest, size))
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def _adapter_job(self, reporter: _Reporter, aggregate_id: str, version: int, spec: AdapterSpec) -> None:
+        workdir = self._workdir(reporter.key)
+        try:
+            outcome = await self._attempts(
+                reporter.key, lambda: self._adapter_once(reporter, aggregate_id, version, spec, workdir)
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if isinstance(outcome, Refused | LoraplaneError):
+            await reporter.send(adapters.FailAdapter(version=version, reason=str(outcome)), "fail")
+        else:
+            await reporter.send(outcome, "complete")
+
+    async def _adapter_once(
+        self, reporter: _Reporter, aggregate_id: str, version: int, spec: AdapterSpec, workdir: Path
+    ) -> Payload:
+        source = spec.source
+        await reporter.progress(version, AdapterStatus.FETCHING, Progress())
+        fetched = await self._fetch(reporter, aggregate_id, version, source, workdir)
+        await reporter.progress(
+            version, AdapterStatus.VALIDATING, Progress(bytes_done=sum(f.size for f in fetched.files))
+        )
+        by_path = {f.path: f for f in fetched.files}
+        weights_path = choose_weights(by_path)
+        if weights_path is None:
+            raise Refused(
+                f"no adapter weights (.safetensors, .bin, .pt, .pth, .ckpt) among {sorted(by_path) or 'no files'}"
+            )
+        weights = by_path[weights_path]
+        config = by_path.get(ADAPTER_CONFIG)
+        config_bytes = await asyncio.to_thread(self._read_all, config) if config else None
+        report = await asyncio.to_thread(self._validate, weights, config_bytes, spec.base_model)
+        problems = problems_of(report)
+        if problems:
+            raise Refused(rejection_reason(problems, weights.path))
+        assert isinstance(report, ArtifactReport)
+        stored = [await asyncio.to_thread(self._store, f) for f in fetched.files]
+        if isinstance(source, UploadSource):
+            await asyncio.to_thread(remove_quietly, self.client, self._bucket, source.staged_key)
+        return adapters.CompleteAdapter(
+            version=version,
+            artifact=Artifact(
+                bucket=self._bucket,
+                files=tuple(stored),
+                sha256=weights.sha256,
+                size=weights.size,
+                total_size=sum(f.size for f in stored),
+            ),
+            analysis=analysis_of(report, config_bytes),
+            provenance=fetched.provenance,
+        )
+
+    async def _fetch(
+        self, reporter: _Reporter, aggregate_id: str, version: int, source: object, workdir: Path
+    ) -> Fetched:
+        if isinstance(source, HfSource):
+            return await fetch_hf(source, aggregate_id, workdir, self._settings, self._secrets)
+        if isinstance(source, CivitaiSource):
+            return await fetch_civitai(source, workdir, self._settings, reporter.download_progress(version))
+        if isinstance(source, UploadSource):
+            key = await asyncio.to_thread(
+                staged_or_stored_key, self.client, self._bucket, source.staged_key, source.sha256
+            )
+            if key is None:
+                raise Refused(f"the uploaded file {source.filename!r} is no longer in storage; upload it again")
+            return Fetched((upload_file(source, key),), Provenance(filename=source.filename))
+        if isinstance(source, FilesetSource):
+            return self._fileset_files(source.fileset)
+        raise Refused(f"unknown source {source!r}")
+
+    def _fileset_files(self, fileset: str) -> Fetched:
+        entry = self._state.get(filesets.AGGREGATE, fileset).value if self._state else None
+        if not isinstance(entry, Fileset) or not entry.files:
+            raise Refused(f"fileset {fileset!r} does not exist or holds no files")
+        if not entry.complete:
+            raise _NotYet(f"files of fileset {fileset!r} are still being stored")
+        files = tuple(
+            SourceFile(f.path, f.stored.size, f.stored.sha256, key=f.stored.key)
+            for f in entry.files.values()
+            if f.stored is not None
+        )
+        return Fetched(files, Provenance(source_url=f"fileset://{fileset}"))
+
+    async def _lora_file_job(
+        self, reporter: _Reporter, partial_path: str, filename: str, staged_key: str, digest: str, size: int
+    ) -> None:
+        async def once() -> Payload:
+            key = await asyncio.to_thread(staged_or_stored_key, self.client, self._bucket, staged_key, digest)
+            if key is None:
+                raise Refused("the uploaded bytes are no longer in storage; upload the file again")
+            file = SourceFile(filename, size, digest, key=key)
+            report = await asyncio.to_thread(self._validate, file, None, None)
+            problems = problems_of(report)
+            if problems:
+                raise Refused(rejection_reason(problems))
+            assert isinstance(report, ArtifactReport)
+            stored = await asyncio.to_thread(self._store, file)
+            return lora_files.CompleteLoraFile(partial_path=partial_path, file=stored, analysis=analysis_of(report))
+
+        outcome = await self._attempts(reporter.key, once)
+        await asyncio.to_thread(remove_quietly, self.client, self._bucket, staged_key)
+        if isinstance(outcome, LoraplaneError):
+            await reporter.send(lora_files.FailLoraFile(partial_path=partial_path, reason=str(outcome)), "fail")
+        else:
+            await reporter.send(outcome, "complete")
+
+    async def _fileset_job(self, reporter: _Reporter, path: str, staged_key: str, digest: str, size: int) -> None:
+        async def once() -> Payload:
+            key = await asyncio.to_thread(staged_or_stored_key, self.client, self._bucket, staged_key, digest)
+            if key is None:
+                raise Refused("the uploaded bytes are no longer in storage")
+            stored = await asyncio.to_thread(self._store, SourceFile(path, size, digest, key=key))
+            await asyncio.to_thread(remove_quietly, self.client, self._bucket, staged_key)
+            return filesets.StoreFilesetFile(file=stored)
+
+        outcome = await self._attempts(reporter.key, once)
+        if isinstance(outcome, LoraplaneError):
+            log.error("fileset file %s not stored: %s", path, outcome)
+            return
+        await reporter.send(outcome, "stored")
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    async def _attempts(self, key: str, once: Callable[[], Awaitable[Payload]]) -> Payload | LoraplaneError:
+        """Run `once` until it succeeds, is refused, or transient failures use up the attempts."""
+        attempts = self._settings.artifact_attempts
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                return await once()
+            except LoraplaneError as exc:
+                if not is_retriable(exc) or attempt == attempts:
+                    return exc if not is_retriable(exc) else LoraplaneError(f"{exc} (gave up after {attempt} tries)")
+                log.warning("artifact job %s: %s; trying again in %.1fs", key, exc, delay)
+            except Exception as exc:
+                if not is_retriable(exc) and not _is_s3_transport(exc):
+                    raise
+                if attempt == attempts:
+                    return LoraplaneError(f"storage unavailable: {type(exc).__name__} (gave up after {attempt} tries)")
+                log.warning("artifact job %s: %s; trying again in %.1fs", key, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def _workdir(self, key: str) -> Path:
+        path = self._settings.data_dir / "work" / "artifacts" / sha256(key.encode()).hexdigest()[:24]
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def _read_all(self, file: SourceFile) -> bytes:
+        with file.open(self.client, self._bucket) as read:
+            return read.read()
+
+    def _validate(
+        self, file: SourceFile, config: bytes | None, base_model: str | None
+    ) -> ArtifactReport | ValidationProblem:
+        with file.open(self.client, self._bucket) as read:
+            return validate_weights(read, file.size, adapter_config=config, expected_base_model=base_model)
+
+    def _store(self, file: SourceFile) -> StoredFile:
+        if file.local is not None:
+            key = store_blob_from_file(self.client, self._bucket, file.local, file.sha256)
+        else:
+            assert file.key is not None
+            key = store_blob_from_object(self.client, self._bucket, file.key, file.sha256)
+        return StoredFile(path=file.path, key=key, sha256=file.sha256, size=file.size)
+
+
+class _NotYet(LoraplaneError):
+    retriable = True
+
+
+def _is_s3_transport(exc: Exception) -> bool:
+    import urllib3.exceptions
+
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
+
+
+class _Reporter:
+    """Sends one job's commands with ids derived from the job, so a re-run's reports are dropped as repeats."""
+
+    def __init__(self, send: Send, key: str, aggregate_type: str, aggregate_id: str, correlation: str | None) -> None:
+        self._send = send
+        self.key = key
+        self._aggregate_type = aggregate_type
+        self._aggregate_id = aggregate_id
+        self._correlation = correlation
+        self._last_step = -1
+        self._last_at = 0.0
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def send(self, payload: Payload, step: str) -> None:
+        command = envelope_for(
+            payload,
+            aggregate_id=self._aggregate_id,
+            actor=SYSTEM_ACTOR,
+            command_id=uuid.uuid5(_REPORT_IDS, f"{self.key}:{step}").hex,
+            correlation_id=self._correlation,
+        )
+        await self._send(command)
+
+    async def progress(self, version: int, status: AdapterStatus, progress: Progress) -> None:
+        await self.send(
+            adapters.ReportAdapterProgress(version=version, status=status, progress=progress),
+            f"{status.value}:{progress.bytes_done}",
+        )
+
+    def download_progress(self, version: int) -> Callable[[int, int | None], None]:
+        """A callback for a download: reports every quarter of a known size, at most once a second."""
+        loop = asyncio.get_running_loop()
+
+        def report(done: int, total: int | None) -> None:
+            if not total:
+                return
+            step = min(PROGRESS_STEPS, done * PROGRESS_STEPS // total)
+            now = time.monotonic()
+            if step <= self._last_step or (step < PROGRESS_STEPS and now - self._last_at < PROGRESS_MIN_INTERVAL_S):
+                return
+            self._last_step, self._last_at = step, now
+            update = Progress(bytes_done=done, bytes_total=total)
+            task = loop.create_task(self.progress(version, AdapterStatus.FETCHING, update))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        return report
