@@ -76,6 +76,13 @@ class Adapter:
     def live(self) -> bool:
         return bool(self.versions) and not self.deleted
 
+    @property
+    def holds_name(self) -> bool:
+        """A refused create leaves nothing behind (NeMo answers it with 422), so only a live adapter whose
+        latest version is not rejected keeps its name from a create that must not add a version."""
+        latest = self.latest
+        return self.live and latest is not None and latest.status is not AdapterStatus.REJECTED
+
 
 def adapter_name_problem(name: str, api: AdapterApi) -> str | None:
     if api is AdapterApi.NEMO:
@@ -108,7 +115,7 @@ def _register(current: Adapter | None, command: RegisterAdapter) -> Sequence[Pay
     spec = command.spec
     if problem := adapter_name_problem(spec.name, spec.api):
         raise Rejected(RejectionCode.INVALID, problem, field="name")
-    if current is not None and current.live and not command.new_version_if_exists:
+    if current is not None and current.holds_name and not command.new_version_if_exists:
         raise Rejected(
             RejectionCode.CONFLICT, f"adapter {spec.name!r} already exists in workspace {spec.workspace!r}", "name"
         )
@@ -136,7 +143,9 @@ def _report(
                 provenance=report.provenance,
             )
         ]
-    return [AdapterRejected(version=report.version, reason=report.reason, provenance=report.provenance)]
+    return [
+        AdapterRejected(version=report.version, reason=report.reason, part=report.part, provenance=report.provenance)
+    ]
 
 
 def _require_live(current: Adapter | None, workspace: str, name: str) -> Adapter:

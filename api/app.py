@@ -17,7 +17,10 @@ import streams.catalog  # noqa: F401 - registers every message type
 from api.admin.api_keys import ApiKeyController
 from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from api.commands import CommandBus
+from api.empower.routes import ROUTES as EMPOWER_ROUTES
 from api.errors import EXCEPTION_HANDLERS
+from api.lora_files.routes import ROUTES as LORA_FILE_ROUTES
+from api.nemo.routes import ROUTES as NEMO_ROUTES
 from api.readmodel.database import create_engine, create_schema
 from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
@@ -25,6 +28,8 @@ from api.system import command_status, healthz, readyz
 from api.tracing import tracing_middleware
 from api.workspaces.routes import WorkspaceController
 from infra.kafka_admin import ensure_topics
+from infra.s3 import make_client
+from infra.secrets import open_secret_box
 from infra.settings import Settings
 from infra.telemetry import configure_tracing
 from streams.topics import ALL_TOPICS
@@ -42,7 +47,9 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         await bus.start()
         follower = ReadModelFollower(settings, Projector(engine), bus.projected)
         follower.start()
-        app.state.update(engine=engine, bus=bus, follower=follower)
+        app.state.update(
+            engine=engine, bus=bus, follower=follower, s3=make_client(settings), secrets=open_secret_box(settings)
+        )
         try:
             yield
         finally:
@@ -54,7 +61,16 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         return state.bus
 
     return Litestar(
-        route_handlers=[healthz, readyz, command_status, WorkspaceController, ApiKeyController],
+        route_handlers=[
+            healthz,
+            readyz,
+            command_status,
+            WorkspaceController,
+            ApiKeyController,
+            *EMPOWER_ROUTES,
+            *LORA_FILE_ROUTES,
+            *NEMO_ROUTES,
+        ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={"bus": Provide(provide_bus, sync_to_thread=False)},

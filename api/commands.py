@@ -90,19 +90,27 @@ class CommandBus:
     async def status(self, command_id: str) -> CommandStatus:
         return _status(command_id, await queries.get_outcome(self._engine, command_id))
 
+    async def pending(self, command_id: str) -> Response[Any]:
+        """The answer while a command's outcome is not known yet: 202, its status, where to ask again."""
+        return accepted(await self.status(command_id))
+
     async def outcome(self, command_id: str, loc_prefix: Sequence[str]) -> Response[Any] | None:
         """None when the command succeeded; a 202 while it is pending; raises the rejection as an ApiError."""
         row = await queries.get_outcome(self._engine, command_id)
         status = _status(command_id, row)
         if row is None:
-            return Response(
-                status.model_dump(mode="json"), status_code=202, headers={"Location": f"/v2/commands/{command_id}"}
-            )
+            return accepted(status)
         if status.status == "rejected":
             error = REJECTIONS.get(RejectionCode(status.code), ApiError) if status.code else ApiError
             field = row["field"]
             raise error(status.reason or "rejected", loc=[*loc_prefix, field] if field else list(loc_prefix))
         return None
+
+
+def accepted(status: CommandStatus) -> Response[Any]:
+    return Response(
+        status.model_dump(mode="json"), status_code=202, headers={"Location": f"/v2/commands/{status.command_id}"}
+    )
 
 
 def _status(command_id: str, row: dict[str, Any] | None) -> CommandStatus:

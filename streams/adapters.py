@@ -42,6 +42,16 @@ class AdapterStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({AdapterStatus.READY, AdapterStatus.REJECTED})
 
 
+class RejectedPart(StrEnum):
+    """What part of a request a rejected version is about, so each API can name its own field."""
+
+    SOURCE = "source"  # the repo or URL: not found, unreachable, refused
+    REVISION = "revision"
+    TOKEN = "token"
+    BASE_MODEL = "base_model"
+    CONTENT = "content"  # the files themselves failed validation
+
+
 class AdapterApi(StrEnum):
     """Which seed's API registered it: decides the answer's shape, not the pipeline."""
 
@@ -145,6 +155,7 @@ class AdapterStored(Payload):
 class FailAdapter(Payload):
     version: int = Field(ge=1)
     reason: str = Field(max_length=4000)
+    part: RejectedPart = RejectedPart.SOURCE
     provenance: Provenance = Provenance()
 
 
@@ -152,6 +163,7 @@ class FailAdapter(Payload):
 class AdapterRejected(Payload):
     version: int = Field(ge=1)
     reason: str
+    part: RejectedPart = RejectedPart.SOURCE
     provenance: Provenance = Provenance()
 
 

@@ -1,4 +1,5 @@
-"""Session fixtures: one real stack (broker, S3, API, agents) on free ports for the whole run."""
+"""Session fixtures: one real stack (broker, S3, API, agents) on free ports for the whole run, and the
+fake Hugging Face Hub and CivitAI it fetches adapters from (started first: the stack is told their URLs)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,46 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_civitai import FakeCivitai
+from tests.fake_hub import FakeHub
 from tests.services import external_services
 from tests.support import Api, Stack, start_stack, stop_stack
 
+# What the stack's CivitAI allowlist holds in tests: CivitAI's own names and the fake's loopback address.
+TEST_CIVITAI_HOSTS = "civitai.com,.civitai.com,127.0.0.1"
+# The stack's adapter size limit in tests: small enough that an endless download is cut off quickly.
+TEST_MAX_ADAPTER_BYTES = 32 << 20
+# Empower's unit_price per base model (the tiny Llama of tests/peft_artifacts.py), "*" for the rest.
+TEST_UNIT_PRICES = '{"*": 0.5, "loraplane-tests/tiny-llama": 1.25}'
+
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def hub_server() -> Iterator[FakeHub]:
+    """A Hub with no repositories yet: tests add theirs to `.repos` (and tokens to `.tokens`)."""
+    with FakeHub({}) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def civitai_server() -> Iterator[FakeCivitai]:
+    """CivitAI with no files yet: tests add theirs to `.files` (version id -> FakeFile)."""
+    with FakeCivitai({}) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, hub_server: FakeHub, civitai_server: FakeCivitai
+) -> Iterator[Stack]:
+    sources = {
+        "HF_ENDPOINT": hub_server.url,
+        "LORAPLANE_CIVITAI_ALLOWED_HOSTS": TEST_CIVITAI_HOSTS,
+        "LORAPLANE_MAX_ADAPTER_BYTES": str(TEST_MAX_ADAPTER_BYTES),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "LORAPLANE_LORA_UNIT_PRICES": TEST_UNIT_PRICES,
+    }
     with external_services() as external:
-        running = start_stack(Path(tmp_path_factory.mktemp("stack")), extra_env=external or {})
+        running = start_stack(Path(tmp_path_factory.mktemp("stack")), extra_env={**sources, **(external or {})})
         try:
             yield running
         finally:

@@ -9,6 +9,7 @@ Site routes:
   GET /models/{id}                an HTML page (what a downloader must never save)
   /unauthorized 401, /forbidden 403, /missing 404, /broken 503, /ratelimited 429,
   /to-metadata 307 -> http://169.254.169.254/..., /to-evil 307 -> https://evil.example.com/...,
+  /to-private 307 -> http://10.20.30.40/... (a private address),
   /loop 302 -> /loop, /relative 302 -> /api/download/models/1, /huge (endless chunked body),
   /announced-huge (Content-Length: 1 TB), /cut-short (body shorter than Content-Length),
   /slow (answers after 5 s), /gzip (a compressed body), /echo-host (the Host header as body)
@@ -37,6 +38,8 @@ class FakeFile:
     content_disposition: str | None = None
     token: str | None = None  # the Bearer token the download needs (None: public)
     content_type: str = "application/octet-stream"
+    # Seconds between 64 KiB chunks: a download that takes a while (to kill a worker in the middle of it).
+    throttle_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def _handler(fake: FakeCivitai, role: str) -> type[BaseHTTPRequestHandler]:
             redirects = {
                 "/to-metadata": (307, "http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
                 "/to-evil": (307, "https://evil.example.com/x.safetensors"),
+                "/to-private": (307, "http://10.20.30.40/x.safetensors"),
                 "/loop": (302, "/loop"),
                 "/relative": (302, "/api/download/models/1"),
             }
@@ -195,7 +199,20 @@ def _handler(fake: FakeCivitai, role: str) -> type[BaseHTTPRequestHandler]:
             if file is None:
                 return self._send(404, b"<Error><Code>NoSuchKey</Code></Error>", content_type="application/xml")
             headers = {"Content-Disposition": file.content_disposition} if file.content_disposition else {}
+            if file.throttle_s:
+                return self._send_slowly(file, headers)
             return self._send(200, file.body, headers, content_type=file.content_type)
+
+        def _send_slowly(self, file: FakeFile, headers: dict[str, str]) -> None:
+            self._head(200, {**headers, "Content-Type": file.content_type, "Content-Length": str(len(file.body))})
+            try:
+                for start in range(0, len(file.body), HUGE_CHUNK):
+                    self.wfile.write(file.body[start : start + HUGE_CHUNK])
+                    self.wfile.flush()
+                    time.sleep(file.throttle_s)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the downloader went away (its worker was killed)
+            self.close_connection = True
 
         # -- writing -----------------------------------------------------------------------------------
         def _head(self, status: int, headers: dict[str, str]) -> None:

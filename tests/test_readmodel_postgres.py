@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,11 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
         server.cleanup()
 
 
+def _comparable(value: Any) -> Any:
+    """JSON columns come back as dicts and lists: compare them by their canonical text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+
+
 def rows(url: str) -> dict[str, set[tuple[Any, ...]]]:
     """Every row of every read-model table, typed by the SQLAlchemy tables (so both backends compare)."""
 
@@ -34,7 +40,10 @@ def rows(url: str) -> dict[str, set[tuple[Any, ...]]]:
         engine = create_engine(url)
         try:
             async with engine.connect() as conn:
-                return {t.name: set(map(tuple, await conn.execute(select(t)))) for t in metadata.sorted_tables}
+                return {
+                    t.name: {tuple(map(_comparable, row)) for row in await conn.execute(select(t))}
+                    for t in metadata.sorted_tables
+                }
         finally:
             await engine.dispose()
 

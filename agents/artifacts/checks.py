@@ -15,6 +15,8 @@ from agents.validation import (
     validate_safetensors,
     validate_torch_file,
 )
+from infra.huggingface import HubGatedRepo, HubRevisionNotFound, HubTokenRefused
+from streams.adapters import RejectedPart
 from streams.artifacts import Analysis
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -102,3 +104,20 @@ def analysis_of(report: ArtifactReport, adapter_config: bytes | None = None) -> 
         lora_alpha=config.lora_alpha if config else None,
         modules_to_save=tuple(config.modules_to_save or ()) if config else (),
     )
+
+
+BASE_MODEL_MISMATCH = "base_model_mismatch"
+
+
+def part_of_problems(problems: Iterable[ValidationProblem]) -> RejectedPart:
+    codes = {p.code for p in problems}
+    return RejectedPart.BASE_MODEL if BASE_MODEL_MISMATCH in codes else RejectedPart.CONTENT
+
+
+def part_of_error(error: Exception) -> RejectedPart:
+    """Which part of the request a fetch failure is about (the Hub's answers name it by their type)."""
+    if isinstance(error, HubRevisionNotFound):
+        return RejectedPart.REVISION
+    if isinstance(error, HubTokenRefused | HubGatedRepo):
+        return RejectedPart.TOKEN
+    return getattr(error, "part", RejectedPart.SOURCE)

@@ -24,6 +24,8 @@ from agents.artifacts.checks import (
     ADAPTER_CONFIG,
     analysis_of,
     choose_weights,
+    part_of_error,
+    part_of_problems,
     problems_of,
     rejection_reason,
     validate_weights,
@@ -46,7 +48,16 @@ from infra.s3_objects import remove_quietly, store_blob_from_file, store_blob_fr
 from infra.secrets import SecretBox
 from infra.settings import Settings
 from streams import adapters, filesets, lora_files
-from streams.adapters import AdapterSpec, AdapterStatus, CivitaiSource, FilesetSource, HfSource, UploadSource
+from streams.adapters import (
+    AdapterApi,
+    AdapterSpec,
+    AdapterStatus,
+    CivitaiSource,
+    FilesetSource,
+    HfSource,
+    RejectedPart,
+    UploadSource,
+)
 from streams.artifacts import Artifact, Progress, Provenance, StoredFile
 from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
 from streams.serialization import envelope_for
@@ -61,6 +72,10 @@ PROGRESS_MIN_INTERVAL_S = 1.0
 
 class Refused(LoraplaneError):
     """The artifact is refused: the reason goes to the caller as is."""
+
+    def __init__(self, reason: str, part: RejectedPart = RejectedPart.SOURCE) -> None:
+        super().__init__(reason)
+        self.part = part
 
 
 class ArtifactJobs:
@@ -192,8 +207,9 @@ class ArtifactJobs:
             )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        if isinstance(outcome, Refused | LoraplaneError):
-            await reporter.send(adapters.FailAdapter(version=version, reason=str(outcome)), "fail")
+        if isinstance(outcome, LoraplaneError):
+            failed = adapters.FailAdapter(version=version, reason=str(outcome), part=part_of_error(outcome))
+            await reporter.send(failed, "fail")
         else:
             await reporter.send(outcome, "complete")
 
@@ -215,10 +231,10 @@ class ArtifactJobs:
         weights = by_path[weights_path]
         config = by_path.get(ADAPTER_CONFIG)
         config_bytes = await asyncio.to_thread(self._read_all, config) if config else None
-        report = await asyncio.to_thread(self._validate, weights, config_bytes, spec.base_model)
+        report = await asyncio.to_thread(self._validate, weights, config_bytes, _expected_base_model(spec))
         problems = problems_of(report)
         if problems:
-            raise Refused(rejection_reason(problems, weights.path))
+            raise Refused(rejection_reason(problems, weights.path), part_of_problems(problems))
         assert isinstance(report, ArtifactReport)
         stored = [await asyncio.to_thread(self._store, f) for f in fetched.files]
         if isinstance(source, UploadSource):
@@ -351,6 +367,12 @@ class ArtifactJobs:
             assert file.key is not None
             key = store_blob_from_object(self.client, self._bucket, file.key, file.sha256)
         return StoredFile(path=file.path, key=key, sha256=file.sha256, size=file.size)
+
+
+def _expected_base_model(spec: AdapterSpec) -> str | None:
+    """The base model the config must name. A NeMo `model` is a NeMo entity reference
+    (`meta/llama-3.2-1b`), not the Hugging Face id a PEFT config holds, so it is not compared."""
+    return None if spec.api is AdapterApi.NEMO else spec.base_model
 
 
 class _NotYet(LoraplaneError):

@@ -19,10 +19,14 @@ from infra.huggingface import fetch_adapter
 from infra.s3_objects import S3ObjectReader, object_exists
 from infra.secrets import SecretBox, SecretError
 from infra.settings import Settings
-from streams.adapters import CivitaiSource, HfSource, UploadSource, hf_token_context
+from streams.adapters import CivitaiSource, HfSource, RejectedPart, UploadSource, hf_token_context
 from streams.artifacts import Provenance, blob_key
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+
+
+class TokenUnreadable(LoraplaneError):
+    part = RejectedPart.TOKEN
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,11 @@ async def fetch_hf(
     token = None
     if source.sealed_token is not None:
         if secrets is None:
-            raise LoraplaneError("this worker has no secret key to open the Hugging Face token with")
+            raise TokenUnreadable("this worker has no secret key to open the Hugging Face token with")
         try:
             token = secrets.open(source.sealed_token, context=hf_token_context(aggregate_id))
         except SecretError as exc:
-            raise LoraplaneError(f"the Hugging Face token cannot be read: {exc}") from None
+            raise TokenUnreadable(f"the Hugging Face token cannot be read: {exc}") from None
     result = await asyncio.to_thread(
         fetch_adapter,
         source.repo_id,

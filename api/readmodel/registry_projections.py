@@ -130,6 +130,7 @@ async def adapter_rejected(conn: AsyncConnection, event: Envelope) -> None:
         payload.version,
         status=adapter_events.AdapterStatus.REJECTED.value,
         reason=payload.reason,
+        rejected_part=payload.part.value,
         provenance=_json(payload.provenance),
     )
 

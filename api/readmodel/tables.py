@@ -106,6 +106,7 @@ adapter_versions = Table(
     Column("version", Integer, primary_key=True),
     Column("status", String(16), nullable=False),
     Column("reason", Text),
+    Column("rejected_part", String(16)),  # streams.adapters.RejectedPart
     Column("spec", JSON, nullable=False),  # streams.adapters.AdapterSpec; an HF token only sealed
     Column("artifact", JSON),
     Column("analysis", JSON),

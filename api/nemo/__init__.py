@@ -1,0 +1,1 @@
+"""Seed 002: NeMo adapters and filesets under a workspace, at `/v2/...` and `/apis/models/v2/...`."""

@@ -1,0 +1,66 @@
+"""Reads of the adapter registry (adapters and their versions), against the read model only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api.readmodel.tables import adapter_versions, adapters
+
+Row = dict[str, Any]
+
+
+async def version_by_correlation(engine: AsyncEngine, correlation_id: str) -> Row | None:
+    """The version a request caused (its command id is the version's correlation id)."""
+    statement = select(adapter_versions).where(adapter_versions.c.correlation_id == correlation_id)
+    async with engine.connect() as conn:
+        row = (await conn.execute(statement)).mappings().first()
+        return dict(row) if row else None
+
+
+def _latest_join() -> Any:
+    return adapters.join(
+        adapter_versions,
+        and_(
+            adapter_versions.c.workspace == adapters.c.workspace,
+            adapter_versions.c.name == adapters.c.name,
+            adapter_versions.c.version == adapters.c.latest_version,
+        ),
+    )
+
+
+def _latest_columns() -> list[Any]:
+    """The adapter's columns, then its latest version's (prefixed `v_` where the names clash)."""
+    clash = {c.name for c in adapters.columns}
+    return [
+        *adapters.columns,
+        *(c.label(f"v_{c.name}") if c.name in clash else c for c in adapter_versions.columns),
+    ]
+
+
+async def get_adapter(engine: AsyncEngine, workspace: str, name: str) -> Row | None:
+    """A live adapter with its latest version, or None (never registered, or deleted)."""
+    statement = (
+        select(*_latest_columns())
+        .select_from(_latest_join())
+        .where(adapters.c.workspace == workspace, adapters.c.name == name)
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(statement)).mappings().first()
+        return dict(row) if row else None
+
+
+async def list_adapters(engine: AsyncEngine, workspace: str, *, offset: int, limit: int) -> tuple[list[Row], int]:
+    async with engine.connect() as conn:
+        total = await conn.scalar(select(func.count()).select_from(adapters).where(adapters.c.workspace == workspace))
+        rows = await conn.execute(
+            select(*_latest_columns())
+            .select_from(_latest_join())
+            .where(adapters.c.workspace == workspace)
+            .order_by(adapters.c.created_at, adapters.c.name)
+            .offset(offset)
+            .limit(limit)
+        )
+        return [dict(r) for r in rows.mappings()], total or 0

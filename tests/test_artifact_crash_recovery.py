@@ -1,0 +1,87 @@
+"""A worker killed in the middle of a download: after its restart the job runs again from the folded
+log, and the adapter is stored exactly once."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import signal
+import uuid
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save
+
+from streams.artifacts import blob_key
+from tests.fake_civitai import FakeCivitai, FakeFile
+from tests.support import Api, Stack, events, wait_until
+
+
+def _big_kohya_lora() -> bytes:
+    """About 4 MB: long enough to stream slowly, small enough for the test stack's size limit."""
+    rng = np.random.default_rng(7)
+    tensors: dict[str, np.ndarray] = {}
+    for block in ("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "mid_block_attentions_0_proj_in"):
+        prefix = f"lora_unet_{block}"
+        tensors[f"{prefix}.lora_down.weight"] = rng.standard_normal((64, 8192)).astype(np.float16)
+        tensors[f"{prefix}.lora_up.weight"] = rng.standard_normal((8192, 64)).astype(np.float16)
+        tensors[f"{prefix}.alpha"] = np.array(64.0, dtype=np.float16)
+    return save(tensors)
+
+
+def _mine(stack: Stack, name: str) -> list[dict[str, Any]]:
+    return [e for e in events(stack) if e["aggregate_id"] == f"default/{name}"]
+
+
+def test_a_download_cut_by_a_worker_crash_is_resumed_and_stored_once(
+    stack: Stack, user: Api, civitai_server: FakeCivitai
+) -> None:
+    body = _big_kohya_lora()
+    version_id = 97_001
+    civitai_server.files[version_id] = FakeFile(body, 'attachment; filename="slow.safetensors"', throttle_s=0.05)
+    name = f"crash-{uuid.uuid4().hex[:8]}"
+    answer = user.post(
+        "/v1/lora/create",
+        json={
+            "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+            "lora_name": name,
+            "source": {"type": "civitai", "civit_url": f"{civitai_server.site_url}/api/download/models/{version_id}"},
+            "private": False,
+        },
+    )
+    assert answer.status_code == 202, answer.text
+
+    def downloading() -> bool:
+        return any(
+            e["type"] == "adapter.progressed" and e["payload"]["progress"]["bytes_done"] > 0 for e in _mine(stack, name)
+        )
+
+    wait_until(downloading, timeout=60, interval=0.1, message="the download to be under way")
+    worker_pid = stack.pids()["worker"]
+    os.kill(worker_pid, signal.SIGKILL)
+    assert not any(e["type"] == "adapter.stored" for e in _mine(stack, name)), "stored before the kill: proves nothing"
+
+    wait_until(
+        lambda: stack.pids().get("worker") not in (None, worker_pid),
+        timeout=60,
+        message="the supervisor to restart the worker",
+    )
+    wait_until(
+        lambda: any(e["type"] in ("adapter.stored", "adapter.rejected") for e in _mine(stack, name)),
+        timeout=180,
+        interval=0.5,
+        message="the resumed job to finish",
+    )
+    mine = _mine(stack, name)
+    counts = collections.Counter(e["type"] for e in mine)
+    assert counts["adapter.requested"] == 1 and counts["adapter.stored"] == 1, counts
+    assert counts["adapter.rejected"] == 0, [e["payload"] for e in mine if e["type"] == "adapter.rejected"]
+    cdn_downloads = [r for r in civitai_server.seen("cdn") if r.path.startswith(f"/file/{version_id}/")]
+    assert len(cdn_downloads) >= 2, "the job did not run again after the restart"
+
+    digest = hashlib.sha256(body).hexdigest()
+    stored = next(e for e in mine if e["type"] == "adapter.stored")["payload"]["artifact"]
+    assert stored["sha256"] == digest and stored["files"][0]["key"] == blob_key(digest)
+    got = user.get(f"/api/v1/lora/{name}").json()
+    assert got["status"] == "ready", got

@@ -1,0 +1,331 @@
+"""Seed 004 over HTTP with real files: upload (streamed to S3), validation by content, versioning,
+content-addressed storage, the bin, restore, limits and rights."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from minio import Minio
+
+from api.uploads import PART_SIZE
+from infra.s3 import make_client
+from infra.settings import Settings
+from streams.artifacts import blob_key
+from tests.artifacts import (
+    code_running_pickle,
+    kohya_lora,
+    malformed_safetensors_header,
+    torch_lora_checkpoint,
+    truncated,
+    write_large_kohya_lora,
+)
+from tests.support import Api, Stack, wait_until
+
+ADMIN_UPLOAD = "/api/v1/admin/lora/upload"
+USER_UPLOAD = "/api/v1/lora/upload"
+FILES = "/api/v1/admin/lora"
+
+
+@pytest.fixture(scope="module")
+def s3(stack: Stack) -> Minio:
+    env = stack.cli_env()
+    overrides = {"s3_endpoint": env["S3_ENDPOINT"]}
+    for name, field in (("S3_ACCESS_KEY", "s3_access_key"), ("S3_SECRET_KEY", "s3_secret_key")):
+        if name in env:
+            overrides[field] = env[name]
+    return make_client(Settings.model_validate(overrides))
+
+
+@pytest.fixture(scope="module")
+def bucket(stack: Stack) -> str:
+    return stack.cli_env().get("S3_BUCKET", "loraplane")
+
+
+@pytest.fixture(autouse=True)
+def staging_empty_after(s3: Minio, bucket: str) -> Iterator[None]:
+    yield
+    left = [o.object_name for o in s3.list_objects(bucket, prefix="staging/", recursive=True)]
+    assert left == [], f"staged objects left behind: {left}"
+
+
+def unique(stem: str = "lora") -> str:
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def upload(client: Api, filename: str, data: bytes, path: str = ADMIN_UPLOAD, **fields: str | bool) -> httpx.Response:
+    form = {k: str(v).lower() if isinstance(v, bool) else v for k, v in fields.items()}
+    return client.post(path, files={"file": (filename, data, "application/octet-stream")}, data=form, timeout=120)
+
+
+def listed(client: Api, entity_type: str) -> dict[str, dict[str, Any]]:
+    body = client.get(FILES, params={"entity_type": entity_type, "page_size": 1000}).json()
+    return {item["partial_path"]: item for item in body["data"]}
+
+
+def detail(response: httpx.Response) -> dict[str, Any]:
+    items = response.json()["detail"]
+    assert len(items) == 1, items
+    return items[0]
+
+
+def blob_bytes(s3: Minio, bucket: str, sha256: str) -> bytes:
+    response = s3.get_object(bucket, blob_key(sha256))
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def test_kohya_safetensors_is_stored_content_addressed_and_listed(admin: Api, s3: Minio, bucket: str) -> None:
+    data = kohya_lora(seed=1)
+    name = f"{unique()}.safetensors"
+    answer = upload(admin, name, data, entity_type="identities")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert set(body) == {"file_path", "partial_path", "filename", "file_size", "entity_type", "upload_timestamp"}
+    assert body["partial_path"] == f"identities/{name}"
+    assert body["file_path"] == f"/data/models/loras/identities/{name}"
+    assert body["filename"] == name and body["entity_type"] == "identities"
+    assert body["file_size"] == len(data)
+    assert body["upload_timestamp"].endswith("Z")
+
+    item = listed(admin, "identities")[body["partial_path"]]
+    digest = hashlib.sha256(data).hexdigest()
+    assert item["sha256"] == digest and item["file_size"] == len(data)
+    assert blob_bytes(s3, bucket, digest) == data  # the bytes, once, at their digest
+
+
+def test_torch_checkpoint_on_the_user_route_defaults_the_entity_type(user: Api, admin: Api) -> None:
+    data = torch_lora_checkpoint(seed=2)
+    name = f"{unique()}.pt"
+    answer = upload(user, name, data, path=USER_UPLOAD)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert "entity_type" not in body  # the user route's answer has no entity_type (seed)
+    assert body["partial_path"] == f"no_type_provided/{name}" and body["file_size"] == len(data)
+    assert body["partial_path"] in listed(admin, "no_type_provided")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "make", "reason"),
+    [
+        (".safetensors", lambda _: malformed_safetensors_header(), "header"),
+        (".safetensors", lambda _: truncated(kohya_lora(seed=3)), ""),
+        (".bin", lambda _: b"just some bytes, not a model" * 10, ""),
+        (".pt", code_running_pickle, "posix"),
+    ],
+    ids=["malformed-header", "truncated", "not-a-model", "code-running-pickle"],
+)
+def test_content_decides_and_refused_files_are_not_kept(
+    admin: Api, tmp_path: Path, s3: Minio, bucket: str, suffix: str, make: Any, reason: str
+) -> None:
+    marker = tmp_path / "pwned"
+    data = make(marker)
+    name = f"{unique()}{suffix}"
+    answer = upload(admin, name, data, entity_type="styles")
+    assert answer.status_code == 422, answer.text
+    problem = detail(answer)
+    assert problem["loc"] == ["body", "file"]
+    assert reason.lower() in problem["msg"].lower()
+    assert not marker.exists(), "the pickle was loaded: it ran code"
+    assert f"styles/{name}" not in listed(admin, "styles")
+    digest = hashlib.sha256(data).hexdigest()
+    assert not list(s3.list_objects(bucket, prefix=blob_key(digest))), "refused bytes were stored"
+    # the name was freed: a valid file takes it
+    again = upload(admin, name.rsplit(".", 1)[0] + ".safetensors", kohya_lora(seed=4), entity_type="styles")
+    assert again.status_code == 200, again.text
+
+
+@pytest.mark.parametrize(
+    ("filename", "words"),
+    [
+        ("notes.txt", "extension"),
+        ("weights", "extension"),
+        ("../escape.safetensors", ".."),
+        ("bad\nname.safetensors", "control"),  # httpx sends %0A, read back as a newline
+        (".hidden.safetensors", "dot"),
+    ],
+)
+def test_bad_file_names_are_refused_before_storing(admin: Api, filename: str, words: str) -> None:
+    answer = upload(admin, filename, kohya_lora())
+    assert answer.status_code == 422, answer.text
+    problem = detail(answer)
+    assert problem["loc"] == ["body", "file"] and words in problem["msg"]
+
+
+def test_form_problems(admin: Api, user: Api) -> None:
+    missing = admin.post(ADMIN_UPLOAD, files={"entity_type": (None, "styles")})
+    assert missing.status_code == 422 and detail(missing)["loc"] == ["body", "file"]
+    not_form = admin.post(ADMIN_UPLOAD, json={"file": "x"})
+    assert not_form.status_code == 422
+    unknown = upload(admin, "a.safetensors", kohya_lora(), entity_type="animals")
+    assert unknown.status_code == 422 and detail(unknown)["loc"] == ["body", "entity_type"]
+    faces = upload(user, "a.safetensors", kohya_lora(), path=USER_UPLOAD, entity_type="faces")
+    assert faces.status_code == 422 and detail(faces)["loc"] == ["body", "entity_type"]
+    flag = upload(admin, "a.safetensors", kohya_lora(), use_safe_filename="maybe")
+    assert flag.status_code == 422 and detail(flag)["loc"] == ["body", "use_safe_filename"]
+
+
+def test_faces_is_an_admin_entity_type(admin: Api) -> None:
+    answer = upload(admin, f"{unique()}.safetensors", kohya_lora(seed=5), entity_type="faces")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["entity_type"] == "faces"
+
+
+def test_taken_names_are_versioned_or_refused(admin: Api) -> None:
+    stem = unique("x")
+    names = [upload(admin, f"{stem}.safetensors", kohya_lora(seed=6), entity_type="clothes") for _ in range(3)]
+    assert [a.status_code for a in names] == [200, 200, 200], [a.text for a in names]
+    assert [a.json()["filename"] for a in names] == [
+        f"{stem}.safetensors",
+        f"{stem}_v2.safetensors",
+        f"{stem}_v3.safetensors",
+    ]
+    refused = upload(admin, f"{stem}.safetensors", kohya_lora(seed=6), entity_type="clothes", use_safe_filename=False)
+    assert refused.status_code == 409, refused.text
+    assert detail(refused)["loc"] == ["body", "file"] and "already exists" in detail(refused)["msg"]
+    free = upload(admin, f"{stem}_v9.safetensors", kohya_lora(seed=6), entity_type="clothes", use_safe_filename=False)
+    assert free.status_code == 200 and free.json()["filename"] == f"{stem}_v9.safetensors"
+
+
+def test_concurrent_uploads_of_one_name_get_distinct_names(admin: Api, tmp_path: Path) -> None:
+    # Files of several MiB, so every upload waits on S3 while the others stream: none may starve another.
+    path = tmp_path / "concurrent.safetensors"
+    write_large_kohya_lora(path, 12 * 1024 * 1024)
+    data = path.read_bytes()
+    stem = unique("same")
+    count = 8
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        answers = list(
+            pool.map(lambda _: upload(admin, f"{stem}.safetensors", data, entity_type="product"), range(count))
+        )
+    assert [a.status_code for a in answers] == [200] * count, [a.text for a in answers]
+    names = {a.json()["filename"] for a in answers}
+    expected = {f"{stem}.safetensors", *(f"{stem}_v{n}.safetensors" for n in range(2, count + 1))}
+    assert names == expected
+    assert expected <= {p.split("/", 1)[1] for p in listed(admin, "product")}
+
+
+def test_same_bytes_twice_are_one_object(admin: Api, s3: Minio, bucket: str) -> None:
+    data = kohya_lora(seed=7, rank=8)
+    digest = hashlib.sha256(data).hexdigest()
+    first = upload(admin, f"{unique()}.safetensors", data, entity_type="styles")
+    second = upload(admin, f"{unique()}.safetensors", data, entity_type="identities")
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    holding = [
+        o.object_name
+        for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)
+        if blob_bytes(s3, bucket, o.object_name.rsplit("/", 1)[1]) == data
+    ]
+    assert holding == [blob_key(digest)]
+
+
+def test_delete_to_the_bin_and_restore(admin: Api) -> None:
+    name = f"{unique()}.safetensors"
+    path = f"styles/{name}"
+    assert upload(admin, name, kohya_lora(seed=8), entity_type="styles").status_code == 200
+
+    deleted = admin.request("DELETE", FILES, json={"partial_path": path})
+    assert deleted.status_code == 200, deleted.text
+    body = deleted.json()
+    assert body["deleted"] is True
+    assert body["full_path"] == f"/data/models/loras/{path}"
+    assert body["bin_path"] == f"/data/bin/models/loras/{path}"
+    assert body["timestamp"].endswith("Z")
+    assert path not in listed(admin, "styles")
+    again = admin.request("DELETE", FILES, json={"partial_path": path})
+    assert again.status_code == 404 and detail(again)["loc"] == ["body", "partial_path"]
+
+    restored = admin.post(f"{FILES}/restore", json={"partial_path": path})
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["partial_path"] == path and restored.json()["entity_type"] == "styles"
+    assert path in listed(admin, "styles")
+    empty_bin = admin.post(f"{FILES}/restore", json={"partial_path": path})
+    assert empty_bin.status_code == 404
+
+    # deleted, then the name taken again: the binned copy cannot come back over it
+    assert admin.request("DELETE", FILES, json={"partial_path": path}).status_code == 200
+    assert upload(admin, name, kohya_lora(seed=9), entity_type="styles").json()["partial_path"] == path
+    taken = admin.post(f"{FILES}/restore", json={"partial_path": path})
+    assert taken.status_code == 409 and detail(taken)["loc"] == ["body", "partial_path"]
+
+
+@pytest.mark.parametrize("partial_path", ["noslash.safetensors", "animals/a.safetensors", "styles/a/b.safetensors", ""])
+def test_malformed_partial_paths(admin: Api, partial_path: str) -> None:
+    for method, url in (("DELETE", FILES), ("POST", f"{FILES}/restore")):
+        answer = admin.request(method, url, json={"partial_path": partial_path})
+        assert answer.status_code == 422, answer.text
+        assert detail(answer)["loc"] == ["body", "partial_path"]
+
+
+def test_list_filters_and_pages(admin: Api) -> None:
+    stem = unique("page")
+    for i in range(3):
+        assert (
+            upload(admin, f"{stem}-{i}.safetensors", kohya_lora(seed=20 + i), entity_type="product").status_code == 200
+        )
+    total = admin.get(FILES, params={"entity_type": "product", "page_size": 1}).json()["pagination"]["total_results"]
+    assert total >= 3
+    pages = [admin.get(FILES, params={"entity_type": "product", "page_size": 1, "page": p}).json() for p in (1, 2)]
+    assert all(len(p["data"]) == 1 and p["pagination"]["total_pages"] == total for p in pages)
+    assert pages[0]["data"][0]["partial_path"] != pages[1]["data"][0]["partial_path"]
+    assert all(
+        i["entity_type"] == "product" for i in admin.get(FILES, params={"entity_type": "product"}).json()["data"]
+    )
+    assert admin.get(FILES, params={"entity_type": "animals"}).status_code == 422
+
+
+def test_user_keys_cannot_use_admin_routes(user: Api, anonymous: Api) -> None:
+    calls: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", ADMIN_UPLOAD, {"files": {"file": ("a.safetensors", kohya_lora())}}),
+        ("GET", FILES, {}),
+        ("DELETE", FILES, {"json": {"partial_path": "styles/a.safetensors"}}),
+        ("POST", f"{FILES}/restore", {"json": {"partial_path": "styles/a.safetensors"}}),
+    ]
+    for method, url, kwargs in calls:
+        assert user.request(method, url, **kwargs).status_code == 403, url
+        assert anonymous.request(method, url, **kwargs).status_code == 401, url
+    assert anonymous.post(USER_UPLOAD, files={"file": ("a.safetensors", kohya_lora())}).status_code == 401
+
+
+def test_a_file_of_several_s3_parts_streams_through(admin: Api, tmp_path: Path, s3: Minio, bucket: str) -> None:
+    path = tmp_path / "big.safetensors"
+    size = write_large_kohya_lora(path, 3 * PART_SIZE + 12345)  # several parts, over Litestar's 10 MB default
+    name = f"{unique()}.safetensors"
+    with path.open("rb") as file:  # httpx streams an open file in pieces
+        answer = admin.post(ADMIN_UPLOAD, files={"file": (name, file)}, data={"entity_type": "identities"}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["file_size"] == size
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert listed(admin, "identities")[f"identities/{name}"]["sha256"] == digest
+    assert s3.stat_object(bucket, blob_key(digest)).size == size
+
+
+def test_the_upload_body_is_documented(anonymous: Api) -> None:
+    paths = anonymous.get("/schema/openapi.json").json()["paths"]
+    for route, faces in ((ADMIN_UPLOAD, True), (USER_UPLOAD, False)):
+        schema = paths[route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert schema["required"] == ["file"] and schema["properties"]["file"]["format"] == "binary"
+        assert ("faces" in schema["properties"]["entity_type"]["enum"]) is faces
+    assert set(paths[FILES]) == {"get", "delete"}
+
+
+def test_without_waiting_the_upload_answers_202_and_completes(admin: Api) -> None:
+    name = f"{unique()}.safetensors"
+    accepted = admin.post(
+        ADMIN_UPLOAD, params={"wait": 0}, files={"file": (name, kohya_lora(seed=30))}, data={"entity_type": "styles"}
+    )
+    assert accepted.status_code == 202, accepted.text
+    location = accepted.headers["location"]
+    assert location == f"/v2/commands/{accepted.json()['command_id']}"
+    done = wait_until(lambda: (s := admin.get(location).json())["status"] != "pending" and s, message="outcome")
+    assert done["status"] == "succeeded" and done["event_type"] == "lora_file.reserved"
+    wait_until(lambda: f"styles/{name}" in listed(admin, "styles"), message="the file to be stored")
