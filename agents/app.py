@@ -11,6 +11,9 @@ import streams.catalog  # noqa: F401 - registers every message type
 from agents.adapters import ADAPTERS
 from agents.api_keys import API_KEYS
 from agents.artifacts.jobs import ArtifactJobs
+from agents.cluster import CLUSTER
+from agents.deployment_instances import DeploymentInstances
+from agents.deployments import DEPLOYMENTS
 from agents.filesets import FILESETS
 from agents.lora_files import LORA_DIRS
 from agents.processor import CommandProcessor
@@ -23,7 +26,7 @@ from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
-AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS)
+AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS, DEPLOYMENTS, CLUSTER)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -45,7 +48,8 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
     )
     jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), open_secret_box(settings))
-    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs])
+    instances = DeploymentInstances(lambda command: processor.send_command(command))
+    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs, instances])
     commands = app.topic(
         COMMANDS.name,
         key_type=bytes,
@@ -66,6 +70,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     async def _stop_processor(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await jobs.stop()
+        await instances.stop()
         await processor.stop()
 
     @app.task

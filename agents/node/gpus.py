@@ -8,26 +8,12 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+
+from streams.deployments import DeployGpu as GpuType  # the seed's gpu enum (plus cpu), defined once
 
 MIB = 1024 * 1024
 DIGITS = re.compile(r"[0-9]+")
 MAX_OVERRIDE_COUNT = 64
-
-
-class GpuType(StrEnum):
-    """The seed's `gpu` enum (DeepInfra Deploy LLM), plus `cpu` for a node without GPUs."""
-
-    L4_24GB = "L4-24GB"
-    L40S_48GB = "L40S-48GB"
-    A100_80GB = "A100-80GB"
-    H100_80GB = "H100-80GB"
-    H200_141GB = "H200-141GB"
-    B200_180GB = "B200-180GB"
-    B300_270GB = "B300-270GB"
-    RTXPRO6000_96GB = "RTXPRO6000-96GB"
-    OTHER = "other"
-    CPU = "cpu"
 
 
 @dataclass(frozen=True)

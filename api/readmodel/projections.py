@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from api.readmodel.deployment_projections import DEPLOYMENT_PROJECTIONS
 from api.readmodel.registry_projections import REGISTRY_PROJECTIONS
 from api.readmodel.tables import api_keys, command_outcomes, workspaces
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked
@@ -76,6 +77,7 @@ PROJECTIONS: dict[str, Projection] = {
     "api_key.created": _api_key_created,
     "api_key.revoked": _api_key_revoked,
     **REGISTRY_PROJECTIONS,
+    **DEPLOYMENT_PROJECTIONS,
 }
 
 

@@ -171,3 +171,49 @@ fileset_files = Table(
     Column("correlation_id", String(64), nullable=False, index=True),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# --- deployments (seed 003) and the cluster they are placed on -----------------------------------------------------
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("deploy_id", String(255), primary_key=True),
+    Column("model_name", String(255), nullable=False),
+    Column("spec", JSON, nullable=False),  # streams.deployments.DeploymentSpec; an HF token only sealed
+    Column("min_instances", Integer, nullable=False),
+    Column("max_instances", Integer, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("version", Integer, nullable=False),
+    Column("correlation_id", String(64), nullable=False, index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("creator_type", String(16), nullable=False),
+    Column("creator_id", String(255), nullable=False),
+    Column("creator_name", String(255), nullable=False),
+)
+
+# One row per instance the cluster placed or queued; removed when released.
+deployment_instances = Table(
+    "deployment_instances",
+    metadata,
+    Column("instance_id", String(600), primary_key=True),
+    Column("deploy_id", String(255), nullable=False, index=True),
+    Column("state", String(16), nullable=False),  # pending | placed | starting | running | failed
+    Column("reason", Text),  # why it is pending, or why it failed
+    Column("node_id", String(255)),
+    Column("device_indexes", JSON),
+    Column("endpoint", Text),
+    Column("requested_seq", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+cluster_nodes = Table(
+    "cluster_nodes",
+    metadata,
+    Column("node_id", String(255), primary_key=True),
+    Column("devices", JSON, nullable=False),  # streams.cluster.DeviceInfo, as registered
+    Column("lost", Boolean, nullable=False, default=False),
+    Column("lost_reason", Text),
+    Column("registered_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,109 @@
+"""The process manager between the deployment and cluster aggregates (they cannot see each other).
+
+On `deployment.created | scaled | deleted` it asks the cluster for the instances the deployment should have
+(`instances.request` with the total, or `instances.release`). At start it compares every deployment's desired count
+with the cluster's folded state and asks again where they differ, so a crash between the deployment's event and the
+request loses nothing. Requests are declarative (a total, not a delta): sending one twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from agents.cluster import Cluster
+from agents.deployments import Deployment
+from agents.state import AgentState
+from streams import deployments
+from streams.cluster import AGGREGATE as CLUSTER_AGGREGATE
+from streams.cluster import CLUSTER_ID, ReleaseInstances, RequestInstances
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.serialization import envelope_for
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Envelope], Awaitable[None]]
+_IDS = uuid.UUID("0b7f6a55-3c1e-4d8e-8a39-2f0e7c9d4a61")
+
+
+def instances_command(deployment: Deployment) -> Payload:
+    if deployment.deleted:
+        return ReleaseInstances(deploy_id=deployment.deploy_id)
+    spec = deployment.spec
+    return RequestInstances(
+        deploy_id=deployment.deploy_id,
+        count=deployment.desired_instances,
+        gpu_type=spec.gpu,
+        num_gpus=spec.num_gpus,
+    )
+
+
+def reconcile(state: AgentState) -> list[Payload]:
+    """The requests for every deployment whose desired instance count differs from the cluster's."""
+    cluster = state.get(CLUSTER_AGGREGATE, CLUSTER_ID).value or Cluster()
+    assert isinstance(cluster, Cluster)
+    out: list[Payload] = []
+    for (aggregate_type, _), entry in sorted(state.entries.items()):
+        deployment = entry.value
+        if aggregate_type == deployments.AGGREGATE and isinstance(deployment, Deployment):
+            if len(cluster.instances_of(deployment.deploy_id)) != deployment.desired_instances:
+                out.append(instances_command(deployment))
+    return out
+
+
+class DeploymentInstances:
+    """An Observer of the command processor (agents.processor.Observer)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._state: AgentState | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def started(self, state: AgentState) -> None:
+        self._state = state
+        for payload in reconcile(state):
+            key = f"reconcile:{payload.model_dump_json()}:{state.get(CLUSTER_AGGREGATE, CLUSTER_ID).version}"
+            self._dispatch(payload, uuid.uuid5(_IDS, key).hex, None)
+
+    def decided(self, event: Envelope) -> None:
+        payload = event.payload
+        command: Payload | None = None
+        if isinstance(payload, deployments.DeploymentCreated):
+            command = instances_command(Deployment(event.aggregate_id, payload.spec, payload.spec.settings))
+        elif isinstance(payload, deployments.DeploymentDeleted):
+            command = ReleaseInstances(deploy_id=event.aggregate_id)
+        elif isinstance(payload, deployments.DeploymentScaled) and self._state is not None:
+            # The processor folded the deployment's earlier events before deciding the scale.
+            current = self._state.get(deployments.AGGREGATE, event.aggregate_id).value
+            if isinstance(current, Deployment):
+                command = instances_command(replace(current, settings=payload.settings))
+        if command is not None:
+            # Derived from the event, so a redelivered event's request is a duplicate the processor drops.
+            self._dispatch(command, uuid.uuid5(_IDS, f"event:{event.id}").hex, event)
+
+    def _dispatch(self, payload: Payload, command_id: str, cause: Envelope | None) -> None:
+        command = envelope_for(
+            payload,
+            aggregate_id=CLUSTER_ID,
+            actor=SYSTEM_ACTOR,
+            command_id=command_id,
+            correlation_id=cause.correlation_id if cause is not None else None,
+            causation_id=cause.id if cause is not None else None,
+            traceparent=cause.traceparent if cause is not None else None,
+        )
+        task = asyncio.get_running_loop().create_task(self._send_logged(command), name=f"instances {command_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_logged(self, command: Envelope) -> None:
+        try:
+            await self._send(command)
+        except Exception:
+            # The next start's reconcile asks again.
+            log.exception("could not send %s for %s", command.type, command.payload)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,119 @@
+"""Request and response bodies of seed 003 (DeepInfra Deploy LLM), field for field, plus documented extensions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from streams.deployments import DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE, MAX_INSTANCES, MAX_NUM_GPUS, DeployGpu
+
+
+class HFWeights(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, max_length=255, description="Hugging Face repository of the weights")
+    revision: str | None = Field(None, max_length=255, description="Branch, tag or commit; default: main")
+    token: str | None = Field(None, max_length=1024, description="Stored encrypted; answers show 'hf_****'")
+
+
+class ScaleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_instances: int = Field(1, ge=0, le=MAX_INSTANCES, description="Instances started and kept")
+    max_instances: int = Field(1, ge=0, le=MAX_INSTANCES, description="Stored for a later autoscaler")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScaleSettings:
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"min_instances {self.min_instances} is above max_instances {self.max_instances}")
+        return self
+
+
+class DeployLLMIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(min_length=1, max_length=255, description="Served model name (username/model-name)")
+    gpu: DeployGpu = Field(description="The seed's GPU types, plus `cpu` for a node without GPUs")
+    num_gpus: int = Field(1, ge=1, le=MAX_NUM_GPUS, description="GPUs of one instance")
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Concurrent requests")
+    hf: HFWeights | None = None
+    base_model: str | None = Field(None, max_length=255)
+    settings: ScaleSettings | None = None
+    extra_args: list[str] | None = Field(None, max_length=64, description="Checked against vLLM's allowlist")
+
+
+class DeployUpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    settings: ScaleSettings
+
+
+class DeployInstances(BaseModel):
+    running: int = 0
+    pending: int = Field(0, description="Instances not running yet: waiting for a node, placed, or starting")
+
+
+class Weights(BaseModel):
+    repo: str
+    revision: str | None = None
+    token: str | None = Field(None, description="'hf_****' when a token was given; the token is never shown")
+
+
+class DeployLLMConfig(BaseModel):
+    gpu: DeployGpu
+    num_gpus: int
+    max_batch_size: int
+    weights: Weights
+
+
+class InstanceDetail(BaseModel):
+    """Extension: where each instance is and how it fares."""
+
+    instance_id: str
+    status: str = Field(description="pending (no node can take it) | placed | starting | running | failed")
+    reason: str | None = Field(None, description="Why it is pending, or why it failed")
+    node_id: str | None = None
+    device_indexes: list[int] | None = None
+    endpoint: str | None = None
+
+
+class Deploy(BaseModel):
+    deploy_id: str
+    model_name: str
+    version: str = Field(description="hf.revision as given (empty: the repository's default branch)")
+    task: str
+    status: str = Field(description="initializing | pending | deploying | running | failed | stopped | deleted")
+    fail_reason: str
+    created_at: str
+    updated_at: str
+    type: Literal["legacy", "llm", "lora", "tts"] = "llm"
+    instances: DeployInstances
+    config: DeployLLMConfig
+    settings: ScaleSettings
+    # Extensions
+    base_model: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    instance_details: list[InstanceDetail] = Field(default_factory=list)
+
+
+class NodeDevice(BaseModel):
+    index: int
+    gpu_type: str
+    memory_mb: int
+    name: str
+    instance_id: str | None = Field(None, description="The instance holding it; null when free")
+
+
+class ClusterNode(BaseModel):
+    node_id: str
+    lost: bool
+    lost_reason: str | None = None
+    registered_at: str
+    devices: list[NodeDevice]
+    free: int
+    used: int
+
+
+class NodeList(BaseModel):
+    data: list[ClusterNode]

@@ -1,0 +1,166 @@
+"""Projections of the deployment and cluster events: deployments, their instances, and the nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.readmodel.tables import cluster_nodes, deployment_instances, deployments
+from streams import cluster
+from streams import deployments as deployment_events
+from streams.envelope import Envelope
+
+
+async def _deployment_created(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, deployment_events.DeploymentCreated)
+    spec = payload.spec
+    await conn.execute(delete(deployments).where(deployments.c.deploy_id == event.aggregate_id))
+    await conn.execute(
+        insert(deployments).values(
+            deploy_id=event.aggregate_id,
+            model_name=spec.model_name,
+            spec=spec.model_dump(mode="json"),
+            min_instances=spec.settings.min_instances,
+            max_instances=spec.settings.max_instances,
+            deleted=False,
+            version=event.aggregate_version,
+            correlation_id=event.correlation_id,
+            created_at=event.occurred_at,
+            updated_at=event.occurred_at,
+            creator_type=event.actor.type.value,
+            creator_id=event.actor.id,
+            creator_name=event.actor.name,
+        )
+    )
+
+
+async def _update_deployment(conn: AsyncConnection, event: Envelope, **values: Any) -> None:
+    await conn.execute(
+        update(deployments)
+        .where(deployments.c.deploy_id == event.aggregate_id)
+        .values(version=event.aggregate_version, updated_at=event.occurred_at, **values)
+    )
+
+
+async def _deployment_scaled(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, deployment_events.DeploymentScaled)
+    settings = payload.settings
+    await _update_deployment(conn, event, min_instances=settings.min_instances, max_instances=settings.max_instances)
+
+
+async def _deployment_deleted(conn: AsyncConnection, event: Envelope) -> None:
+    await _update_deployment(conn, event, deleted=True)
+
+
+async def _instance_reported(conn: AsyncConnection, event: Envelope) -> None:
+    """A node agent's report; one from a node the instance was moved away from changes nothing."""
+    payload = event.payload
+    reports = deployment_events.InstanceLaunched | deployment_events.InstanceStarted | deployment_events.InstanceFailed
+    assert isinstance(payload, reports)
+    values: dict[str, Any] = {"updated_at": event.occurred_at, "endpoint": None, "reason": None}
+    if isinstance(payload, deployment_events.InstanceLaunched):
+        values["state"] = "starting"
+    elif isinstance(payload, deployment_events.InstanceStarted):
+        values.update(state="running", endpoint=payload.endpoint)
+    else:
+        values.update(state="failed", reason=payload.fail_reason)
+    await conn.execute(
+        update(deployment_instances)
+        .where(
+            and_(
+                deployment_instances.c.instance_id == payload.instance_id,
+                deployment_instances.c.node_id == payload.node_id,
+            )
+        )
+        .values(**values)
+    )
+    await _update_deployment(conn, event)
+
+
+async def _put_instance(conn: AsyncConnection, event: Envelope, spec: cluster.InstanceSpec, **values: Any) -> None:
+    await conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == spec.instance_id))
+    await conn.execute(
+        insert(deployment_instances).values(
+            instance_id=spec.instance_id,
+            deploy_id=spec.deploy_id,
+            requested_seq=spec.requested_seq,
+            updated_at=event.occurred_at,
+            **values,
+        )
+    )
+
+
+async def _instance_placed(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, cluster.InstancePlaced)
+    await _put_instance(
+        conn, event, payload.instance, state="placed", node_id=payload.node_id, device_indexes=[*payload.device_indexes]
+    )
+
+
+async def _instance_pending(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, cluster.InstanceQueued)
+    await _put_instance(conn, event, payload.instance, state="pending", reason=payload.reason)
+
+
+async def _instance_released(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, cluster.InstanceReleased)
+    await conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == payload.instance_id))
+
+
+async def _node_registered(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, cluster.NodeRegistered)
+    await conn.execute(delete(cluster_nodes).where(cluster_nodes.c.node_id == payload.node_id))
+    await conn.execute(
+        insert(cluster_nodes).values(
+            node_id=payload.node_id,
+            devices=[d.model_dump(mode="json") for d in payload.devices],
+            lost=False,
+            registered_at=event.occurred_at,
+            updated_at=event.occurred_at,
+        )
+    )
+
+
+async def _node_rejoined(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, cluster.NodeRejoined)
+    await conn.execute(
+        update(cluster_nodes)
+        .where(cluster_nodes.c.node_id == payload.node_id)
+        .values(lost=False, lost_reason=None, updated_at=event.occurred_at)
+    )
+
+
+async def _node_lost(conn: AsyncConnection, event: Envelope) -> None:
+    """The instances on it are moved by the events that follow in the same decision."""
+    payload = event.payload
+    assert isinstance(payload, cluster.NodeDropped)
+    await conn.execute(
+        update(cluster_nodes)
+        .where(cluster_nodes.c.node_id == payload.node_id)
+        .values(lost=True, lost_reason=payload.reason, updated_at=event.occurred_at)
+    )
+
+
+DEPLOYMENT_PROJECTIONS = {
+    "deployment.created": _deployment_created,
+    "deployment.scaled": _deployment_scaled,
+    "deployment.deleted": _deployment_deleted,
+    "instance.launched": _instance_reported,
+    "instance.started": _instance_reported,
+    "instance.failed": _instance_reported,
+    "instance.placed": _instance_placed,
+    "instance.queued": _instance_pending,
+    "instance.released": _instance_released,
+    "node.registered": _node_registered,
+    "node.rejoined": _node_rejoined,
+    "node.dropped": _node_lost,
+}

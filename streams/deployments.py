@@ -1,0 +1,139 @@
+"""Deployments (seed 003, DeepInfra `POST /deploy/llm`): one aggregate per deploy_id.
+
+The deployment says what should run; where it runs is the cluster aggregate's decision (streams.cluster), asked
+for by the deployments process manager when a deployment is created, scaled or deleted. Node agents report how
+each instance fares (`deployment.report_instance`) into the deployment's own stream.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from streams.envelope import Frozen, Payload
+from streams.registry import command, event
+
+AGGREGATE = "deployment"
+MAX_NUM_GPUS = 8
+MAX_BATCH_SIZE = 256
+DEFAULT_MAX_BATCH_SIZE = 96
+MAX_INSTANCES = 100
+
+
+class DeployGpu(StrEnum):
+    """The seed's `gpu` enum plus `cpu` (a node without GPUs) and `other` (a GPU the table does not know)."""
+
+    L4_24GB = "L4-24GB"
+    L40S_48GB = "L40S-48GB"
+    A100_80GB = "A100-80GB"
+    H100_80GB = "H100-80GB"
+    H200_141GB = "H200-141GB"
+    B200_180GB = "B200-180GB"
+    B300_270GB = "B300-270GB"
+    RTXPRO6000_96GB = "RTXPRO6000-96GB"
+    OTHER = "other"
+    CPU = "cpu"
+
+
+def hf_token_context(deploy_id: str) -> str:
+    """What a deployment's HF token is sealed for (the API seals, a node agent opens): no other deployment's."""
+    return f"deployment:{deploy_id}:hf_token"
+
+
+class Weights(Frozen):
+    repo: str = Field(min_length=1, max_length=255)
+    revision: str | None = Field(None, max_length=255)
+    # A SecretBox-sealed token (infra.secrets), never the token itself.
+    sealed_token: str | None = None
+
+
+class ScaleSettings(Frozen):
+    min_instances: int = Field(1, ge=0, le=MAX_INSTANCES)
+    max_instances: int = Field(1, ge=0, le=MAX_INSTANCES)
+
+
+class DeploymentSpec(Frozen):
+    """What the caller asked for. Plain ints and strings: the agent re-checks ranges and answers with reasons."""
+
+    model_name: str = Field(min_length=1, max_length=255)
+    gpu: DeployGpu
+    num_gpus: int = 1
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    weights: Weights | None = None
+    base_model: str | None = Field(None, max_length=255)
+    settings: ScaleSettings = ScaleSettings()
+    extra_args: tuple[str, ...] = ()
+
+
+class InstanceStatus(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+
+
+@command("deployment.create", aggregate_type=AGGREGATE)
+class CreateDeployment(Payload):
+    spec: DeploymentSpec
+
+
+@event("deployment.created", aggregate_type=AGGREGATE)
+class DeploymentCreated(Payload):
+    spec: DeploymentSpec
+
+
+@command("deployment.scale", aggregate_type=AGGREGATE)
+class ScaleDeployment(Payload):
+    settings: ScaleSettings
+
+
+@event("deployment.scaled", aggregate_type=AGGREGATE)
+class DeploymentScaled(Payload):
+    settings: ScaleSettings
+
+
+@command("deployment.delete", aggregate_type=AGGREGATE)
+class DeleteDeployment(Payload):
+    pass
+
+
+@event("deployment.deleted", aggregate_type=AGGREGATE)
+class DeploymentDeleted(Payload):
+    pass
+
+
+@command("deployment.report_instance", aggregate_type=AGGREGATE)
+class ReportInstance(Payload):
+    """A node agent's report on one of the deployment's instances (the instance id the cluster placed)."""
+
+    instance_id: str = Field(min_length=1, max_length=600)
+    node_id: str = Field(min_length=1, max_length=255)
+    status: InstanceStatus
+    endpoint: str | None = Field(None, max_length=2048)
+    fail_reason: str | None = Field(None, max_length=8000)
+
+
+@event("instance.launched", aggregate_type=AGGREGATE)
+class InstanceLaunched(Payload):
+    """The node agent started vLLM for the instance (status `starting`: loading weights)."""
+
+    instance_id: str
+    node_id: str
+
+
+@event("instance.started", aggregate_type=AGGREGATE)
+class InstanceStarted(Payload):
+    """vLLM answered /health: the instance serves at `endpoint` (status `running`)."""
+
+    instance_id: str
+    node_id: str
+    endpoint: str
+
+
+@event("instance.failed", aggregate_type=AGGREGATE)
+class InstanceFailed(Payload):
+    """vLLM exited or never became healthy; `fail_reason` holds the last lines of its log (status `failed`)."""
+
+    instance_id: str
+    node_id: str
+    fail_reason: str
