@@ -225,7 +225,7 @@ async def delete_lora(
     )
     if (pending := await bus.outcome(command_id, ["body"])) is not None:
         return pending
-    row = await files.newest_binned(state.engine, partial_path)
+    row = await files.binned_by_command(state.engine, command_id)
     if row is None:
         raise NotFound(f"{partial_path} was deleted, then restored or deleted again", loc=["body", "partial_path"])
     return LoraDeleteResponse.from_bin_row(row)

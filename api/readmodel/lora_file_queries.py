@@ -28,13 +28,9 @@ async def get_file(engine: AsyncEngine, partial_path: str) -> Row | None:
     return await _one(engine, select(lora_files).where(lora_files.c.partial_path == partial_path))
 
 
-async def newest_binned(engine: AsyncEngine, partial_path: str) -> Row | None:
-    return await _one(
-        engine,
-        select(lora_bin)
-        .where(lora_bin.c.partial_path == partial_path)
-        .order_by(lora_bin.c.binned_at.desc(), lora_bin.c.bin_path.desc()),
-    )
+async def binned_by_command(engine: AsyncEngine, command_id: str) -> Row | None:
+    """The bin entry a delete made (its events carry the delete's command id as correlation id)."""
+    return await _one(engine, select(lora_bin).where(lora_bin.c.correlation_id == command_id))
 
 
 async def list_stored(

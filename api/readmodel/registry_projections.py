@@ -224,6 +224,7 @@ async def lora_file_binned(conn: AsyncConnection, event: Envelope) -> None:
                 analysis=row["analysis"],
                 uploaded_at=row["uploaded_at"],
                 binned_at=event.occurred_at,
+                correlation_id=event.correlation_id,
             )
         )
     await conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))

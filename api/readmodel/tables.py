@@ -156,6 +156,7 @@ lora_bin = Table(
     Column("analysis", JSON),
     Column("uploaded_at", UTCDateTime(), nullable=False),
     Column("binned_at", UTCDateTime(), nullable=False),
+    Column("correlation_id", String(64), nullable=False, index=True),  # of the delete that binned it
 )
 
 fileset_files = Table(
