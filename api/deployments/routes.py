@@ -13,7 +13,7 @@ from typing import Any
 from litestar import Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from api.auth import Principal, admin_only
 from api.commands import CommandBus
@@ -91,13 +91,13 @@ async def list_deployments(state: State) -> list[Deploy]:
 
 
 @get("/deploy/{deploy_id:str}", tags=["deployments"], summary="Get a deployment")
-async def get_deployment(deploy_id: str, state: State) -> Deploy:
+async def get_deployment(deploy_id: FromPath[str], state: State) -> Deploy:
     return deploy_answer(*await _existing(state, deploy_id, deleted_too=True))
 
 
 @put("/deploy/{deploy_id:str}", tags=["deployments"], status_code=200, summary="Scale a deployment")
 async def scale_deployment(
-    deploy_id: str,
+    deploy_id: FromPath[str],
     data: JSONBody[DeployUpdateIn],
     request: Request[Principal, str, State],
     bus: NamedDependency[CommandBus],
@@ -118,7 +118,7 @@ async def scale_deployment(
     "/deploy/{deploy_id:str}", tags=["deployments"], status_code=202, summary="Delete a deployment (204 with ?wait=)"
 )
 async def delete_deployment(
-    deploy_id: str,
+    deploy_id: FromPath[str],
     request: Request[Principal, str, State],
     bus: NamedDependency[CommandBus],
     state: State,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
 from api.auth import Principal
 from api.commands import CommandBus
@@ -118,7 +118,7 @@ async def create_deepinfra_lora(
     bus: NamedDependency[CommandBus],
     state: State,
     wait: Wait = 0,
-    xi_api_key: Annotated[str | None, Parameter(header="xi-api-key", required=False)] = None,  # accepted, unused
+    xi_api_key: Annotated[str | None, HeaderParameter(name="xi-api-key", required=False)] = None,  # accepted, unused
 ) -> Response[Any]:
     settings: Settings = state.settings
     url = data.source.civit_url

@@ -13,7 +13,7 @@ from typing import Any
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromQuery, JSONBody
 
 from api.auth import Principal, admin_only
 from api.commands import CommandBus
@@ -183,7 +183,7 @@ def _checked_path(partial_path: str) -> tuple[str, EntityType]:
 @get("/api/v1/admin/lora", tags=["admin"], summary="List LoRA model files", guards=[admin_only])
 async def list_lora(
     state: State,
-    entity_type: EntityType | None = None,
+    entity_type: FromQuery[EntityType | None] = None,
     page: Page = 1,
     page_size: PageSize = 100,
 ) -> LoraFileList:

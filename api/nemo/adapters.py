@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from api.auth import Principal
 from api.commands import CommandBus
@@ -105,7 +105,7 @@ async def list_adapters(
     page_size: PageSize = 100,
     finetuning_type: Annotated[str | None, Parameter(description="lora, p_tuning or all_weights")] = None,
     model: Annotated[str | None, Parameter(description="Base model reference, exactly")] = None,
-    enabled: bool | None = None,
+    enabled: FromQuery[bool | None] = None,
 ) -> NemoAdapterList:
     await require_workspace(state, workspace)
     wanted_type = _finetuning_type(finetuning_type) if finetuning_type is not None else None
