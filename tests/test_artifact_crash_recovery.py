@@ -1,5 +1,5 @@
-"""A worker killed in the middle of a download: after its restart the job runs again from the folded
-log, and the adapter is stored exactly once."""
+"""Artifact jobs survive what goes wrong: a worker killed in the middle of a download runs the job again
+from the folded log and stores the adapter exactly once; a fault no retry fixes ends in a rejection."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
+from streams.adapters import DEFAULT_WORKSPACE, AdapterApi, AdapterSpec, RegisterAdapter, UploadSource, adapter_id
 from streams.artifacts import blob_key
+from streams.envelope import Actor, ActorType
+from streams.serialization import encode, envelope_for, key_for
 from tests.fake_civitai import FakeCivitai, FakeFile
-from tests.support import Api, Stack, events, wait_until
+from tests.support import Api, Stack, events, produced, wait_until
 
 
 def _big_kohya_lora() -> bytes:
@@ -85,3 +88,30 @@ def test_a_download_cut_by_a_worker_crash_is_resumed_and_stored_once(
     assert stored["sha256"] == digest and stored["files"][0]["key"] == blob_key(digest)
     got = user.get(f"/api/v1/lora/{name}").json()
     assert got["status"] == "ready", got
+
+
+def test_a_job_that_fails_in_a_way_no_retry_fixes_ends_rejected_not_stuck(stack: Stack) -> None:
+    """An empty staged key makes the S3 client itself refuse the call (ValueError): a fault that would
+    repeat on every run. The version must end `rejected` with a pointer to the log, not stay `fetching`."""
+    name = f"broken-{uuid.uuid4().hex[:8]}"
+    spec = AdapterSpec(
+        workspace=DEFAULT_WORKSPACE,
+        name=name,
+        source=UploadSource(staged_key="", filename="x.safetensors", size=1, sha256="0" * 64),
+        api=AdapterApi.EMPOWER,
+    )
+    command = envelope_for(
+        RegisterAdapter(spec=spec, new_version_if_exists=True),
+        aggregate_id=adapter_id(DEFAULT_WORKSPACE, name),
+        actor=Actor(type=ActorType.SYSTEM, id="test", name="artifact-test"),
+    )
+    with produced(stack.bootstrap) as producer:
+        producer.send("loraplane.commands", encode(command), key_for(command))
+
+    rejected = wait_until(
+        lambda: next((e for e in _mine(stack, name) if e["type"] == "adapter.rejected"), None),
+        timeout=60,
+        interval=0.3,
+        message="the broken job to be refused",
+    )
+    assert "could not be processed" in rejected["payload"]["reason"] and "worker log" in rejected["payload"]["reason"]

@@ -165,7 +165,7 @@ class ArtifactJobs:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("artifact job %s failed; it runs again when the worker restarts", key)
+                log.exception("artifact job %s could not report; it runs again when the worker restarts", key)
             finally:
                 self._running.pop(key, None)
 
@@ -336,7 +336,12 @@ class ArtifactJobs:
                 log.warning("artifact job %s: %s; trying again in %.1fs", key, exc, delay)
             except Exception as exc:
                 if not is_retriable(exc) and not _is_s3_transport(exc):
-                    raise
+                    # A fault of ours (or S3 refusing us) repeats on every run: refuse the item with a pointer
+                    # to the log rather than leave it `fetching` for ever.
+                    log.exception("artifact job %s failed", key)
+                    return LoraplaneError(
+                        f"the artifact could not be processed ({type(exc).__name__}); see the worker log"
+                    )
                 if attempt == attempts:
                     return LoraplaneError(f"storage unavailable: {type(exc).__name__} (gave up after {attempt} tries)")
                 log.warning("artifact job %s: %s; trying again in %.1fs", key, exc, delay)
