@@ -70,6 +70,10 @@ def test_an_image_lora_from_civitai_is_downloaded_through_the_redirect_and_store
     assert provenance["civitai_version_id"] == version_id
     assert provenance["source_url"].startswith(civitai_server.cdn_url) and "?" not in provenance["source_url"]
     assert any(r.path.startswith(f"/file/{version_id}/") for r in civitai_server.seen("cdn"))  # followed
+    # the presigned URL's signature is a credential: in no event (above) and in no log line
+    signature = f"X-Amz-Signature=sig{version_id}"
+    for log in [*(stack.data_dir / "logs").glob("*"), stack.data_dir / "up.log"]:
+        assert signature not in log.read_text(errors="replace"), log
     [stored] = ready["payload"]["artifact"]["files"]
     assert stored["path"] == "pixel_art_xl.safetensors" and stored["key"] == blob_key(digest)
     assert stored_sha256(stack, blob_key(digest)) == digest
