@@ -62,8 +62,9 @@ RUN /opt/uv/bin/uv venv --python 3.11 /opt/loraplane \
 RUN groupadd --system --gid 10001 loraplane \
     && useradd --system --uid 10001 --gid loraplane --create-home --home-dir /home/loraplane \
         --shell /usr/sbin/nologin loraplane \
-    && mkdir -p /data \
-    && chown loraplane:loraplane /data
+    && mkdir -p /data /secret-keys \
+    && chown loraplane:loraplane /data /secret-keys \
+    && chmod 700 /secret-keys
 
 # /data holds the node's adapter cache and (HF_HOME) the base-model weights vLLM downloads;
 # mount a volume there so they survive a restart.
@@ -87,8 +88,9 @@ FROM python:3.11-slim AS control-plane
 RUN groupadd --system --gid 10001 loraplane \
     && useradd --system --uid 10001 --gid loraplane --create-home --home-dir /home/loraplane \
         --shell /usr/sbin/nologin loraplane \
-    && mkdir -p /data \
-    && chown loraplane:loraplane /data
+    && mkdir -p /data /secret-keys \
+    && chown loraplane:loraplane /data /secret-keys \
+    && chmod 700 /secret-keys
 
 COPY --from=build /opt/loraplane /opt/loraplane
 
