@@ -68,7 +68,7 @@ class DeploymentInstances:
             key = f"reconcile:{payload.model_dump_json()}:{state.get(CLUSTER_AGGREGATE, CLUSTER_ID).version}"
             self._dispatch(payload, uuid.uuid5(_IDS, key).hex, None)
 
-    def decided(self, event: Envelope) -> None:
+    def decided(self, event: Envelope, cause: Envelope) -> None:
         payload = event.payload
         command: Payload | None = None
         if isinstance(payload, deployments.DeploymentCreated):

@@ -35,11 +35,12 @@ MAX_BACKOFF_S = 10.0
 
 class Observer(Protocol):
     """Work that follows decisions (the artifacts agent): told once the log is folded, then of each event
-    this processor publishes. Must return at once; long work goes to tasks of its own."""
+    this processor publishes, with the command it answers. Must return at once; long work goes to tasks
+    of its own."""
 
     def started(self, state: AgentState) -> None: ...
 
-    def decided(self, event: Envelope) -> None: ...
+    def decided(self, event: Envelope, command: Envelope, /) -> None: ...
 
 
 class CommandProcessor:
@@ -145,7 +146,7 @@ class CommandProcessor:
                 await self._follower.published(event, await publish(self._producer, EVENTS, event))
                 span.add_event(event.type)
                 for observer in self._observers:
-                    observer.decided(event)
+                    observer.decided(event, command)
 
     async def send_command(self, command: Envelope) -> None:
         """Publish a command of this process's own (an artifacts job's report) to the commands topic."""

@@ -329,3 +329,24 @@ def test_without_waiting_the_upload_answers_202_and_completes(admin: Api) -> Non
     done = wait_until(lambda: (s := admin.get(location).json())["status"] != "pending" and s, message="outcome")
     assert done["status"] == "succeeded" and done["event_type"] == "lora_file.reserved"
     wait_until(lambda: f"styles/{name}" in listed(admin, "styles"), message="the file to be stored")
+
+
+def test_an_upload_answered_202_and_then_refused_leaves_nothing_in_staging(admin: Api, s3: Minio, bucket: str) -> None:
+    name = f"{unique()}.safetensors"
+    assert upload(admin, name, kohya_lora(seed=31), entity_type="styles").status_code == 200
+    accepted = admin.post(
+        ADMIN_UPLOAD,
+        params={"wait": 0},
+        files={"file": (name, kohya_lora(seed=32))},
+        data={"entity_type": "styles", "use_safe_filename": "false"},
+    )
+    assert accepted.status_code == 202, accepted.text  # answered before the agent saw the name is taken
+    location = accepted.headers["location"]
+    done = wait_until(lambda: (s := admin.get(location).json())["status"] != "pending" and s, message="outcome")
+    assert done["status"] == "rejected" and done["code"] == "conflict"
+    # no job takes refused bytes: the agent removes them (the autouse check would fail otherwise)
+    wait_until(
+        lambda: not list(s3.list_objects(bucket, prefix="staging/", recursive=True)),
+        timeout=30,
+        message="the refused upload's staged bytes to be removed",
+    )

@@ -60,6 +60,7 @@ from streams.adapters import (
 )
 from streams.artifacts import Artifact, Progress, Provenance, StoredFile
 from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.outcomes import CommandRejected
 from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,11 @@ class ArtifactJobs:
                     if f.stored is None:
                         self._start_fileset_file(aggregate_id, f.path, f.staged_key, f.sha256, f.size, None)
 
-    def decided(self, event: Envelope) -> None:
+    def decided(self, event: Envelope, command: Envelope) -> None:
         payload = event.payload
-        if isinstance(payload, adapters.AdapterRequested):
+        if isinstance(payload, CommandRejected):
+            self._discard_refused_upload(command)
+        elif isinstance(payload, adapters.AdapterRequested):
             self._start_adapter(event.aggregate_id, payload.version, payload.spec, event.correlation_id)
         elif isinstance(payload, lora_files.LoraFileReserved):
             self._start_lora_file(
@@ -140,6 +143,14 @@ class ArtifactJobs:
             self._start_fileset_file(
                 event.aggregate_id, payload.path, payload.staged_key, payload.sha256, payload.size, event.correlation_id
             )
+
+    def _discard_refused_upload(self, command: Envelope) -> None:
+        """A refused upload (a taken name with use_safe_filename=false) hands its staged bytes to no job:
+        remove them here, so an upload answered 202 before the refusal leaves nothing behind."""
+        upload = command.payload
+        if isinstance(upload, lora_files.UploadLoraFile | filesets.AddFilesetFile):
+            key = upload.staged_key
+            self._spawn(f"discard:{key}", lambda: asyncio.to_thread(remove_quietly, self.client, self._bucket, key))
 
     async def stop(self) -> None:
         tasks = list(self._running.values())
