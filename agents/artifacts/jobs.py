@@ -158,11 +158,6 @@ class ArtifactJobs:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def idle(self) -> None:
-        """Wait until no job runs (tests and shutdown)."""
-        while self._running:
-            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
-
     # --- scheduling -----------------------------------------------------------------------------
 
     def _spawn(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
