@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +25,15 @@ from streams.serialization import envelope_for
 from streams.topics import COMMANDS
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Budget:
+    until: float  # event-loop time
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.until - asyncio.get_running_loop().time())
 
 
 class CommandStatus(BaseModel):
@@ -89,6 +99,10 @@ class CommandBus:
 
     async def status(self, command_id: str) -> CommandStatus:
         return _status(command_id, await queries.get_outcome(self._engine, command_id))
+
+    def budget(self, wait: float) -> Budget:
+        """One `?wait=` for a whole request: publishing, the outcome, and any later event it waits for."""
+        return Budget(asyncio.get_running_loop().time() + min(wait, self._settings.api_max_wait_s))
 
     async def pending(self, command_id: str) -> Response[Any]:
         """The answer while a command's outcome is not known yet: 202, its status, where to ask again."""

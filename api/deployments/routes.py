@@ -6,7 +6,6 @@ create: once the cluster placed or queued its instances, or the wait ran out whi
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from typing import Any
 
@@ -66,11 +65,10 @@ async def create_deployment(
     state: State,
     wait: Wait = 0,
 ) -> Response[Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    budget = bus.budget(wait)
     deploy_id = new_deploy_id()
     command = contract.CreateDeployment(spec=_spec(data, deploy_id, state))
-    command_id = await bus.send(command, aggregate_id=deploy_id, actor=request.user.actor, wait=wait)
+    command_id = await bus.send(command, aggregate_id=deploy_id, actor=request.user.actor, wait=budget.left)
     if (answer := await bus.outcome(command_id, ["body"])) is not None:
         return answer
 
@@ -78,8 +76,7 @@ async def create_deployment(
         found = await deployment_queries.get_deployment(state.engine, deploy_id)
         return found if found is not None and status_of(*found)[0] != "initializing" else None
 
-    remaining = deadline - loop.time()
-    found = await bus.wait_until(scheduled, remaining) if remaining > 0 else None
+    found = await bus.wait_until(scheduled, budget.left)
     found = found or await deployment_queries.get_deployment(state.engine, deploy_id)
     assert found is not None  # its outcome is projected, in the same transaction as its row
     return _answer(found)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from litestar import Request, Response
@@ -23,13 +22,12 @@ async def register(
     Raises the aggregate's refusal of the command itself (an invalid name) as an ApiError on
     `["body", name_field]`, the request field the name came from.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    budget = bus.budget(wait)
     command_id = await bus.send(
         RegisterAdapter(spec=spec, new_version_if_exists=True),
         aggregate_id=adapter_id(spec.workspace, spec.name),
         actor=request.user.actor,
-        wait=wait,
+        wait=budget.left,
     )
     try:
         answer = await bus.outcome(command_id, ["body"])
@@ -45,8 +43,7 @@ async def register(
         row = await adapter_queries.version_by_correlation(engine, command_id)
         return row if row is not None and AdapterStatus(row["status"]) in TERMINAL_STATUSES else None
 
-    remaining = deadline - loop.time()
-    row = await bus.wait_until(finished, remaining) if remaining > 0 else None
+    row = await bus.wait_until(finished, budget.left)
     if row is None:
         return await bus.pending(command_id)
     return row

@@ -81,8 +81,7 @@ async def _upload(
     wait: float,
     allowed: frozenset[EntityType],
 ) -> dict[str, Any] | Response[Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + min(wait, state.settings.api_max_wait_s)
+    budget = bus.budget(wait)
     staged = await stage_upload(
         request,
         s3=state.s3,
@@ -110,7 +109,7 @@ async def _upload(
             ),
             aggregate_id=entity.value,
             actor=request.user.actor,
-            wait=max(deadline - loop.time(), 0),
+            wait=budget.left,
         )
         handed_over = True
         try:
@@ -128,7 +127,7 @@ async def _upload(
         row = await files.file_of_command(state.engine, command_id)
         return row if row is not None and row["status"] != "validating" else None
 
-    row = await bus.wait_until(settled, max(deadline - loop.time(), 0))
+    row = await bus.wait_until(settled, budget.left)
     if row is None:
         return await bus.pending(command_id)
     if row["status"] != files.STORED:

@@ -7,7 +7,6 @@ once that is decided: 201 when ready, 422 with the reason when rejected.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Annotated, Any
 
@@ -51,7 +50,7 @@ async def create_adapter(
     state: State,
     wait: Wait = 0,
 ) -> Response[Any]:
-    started = asyncio.get_running_loop().time()
+    budget = bus.budget(wait)
     await require_workspace(state, workspace)
     fileset_workspace, _, fileset_name = data.fileset.partition("/")
     files = await nemo_queries.list_fileset_files(state.engine, fileset_workspace, fileset_name)
@@ -75,7 +74,7 @@ async def create_adapter(
         RegisterAdapter(spec=spec, new_version_if_exists=False),
         aggregate_id=adapter_id(workspace, data.name),
         actor=request.user.actor,
-        wait=wait,
+        wait=budget.left,
     )
     if (answer := await bus.outcome(command_id, ["body"])) is not None:
         return answer
@@ -84,8 +83,7 @@ async def create_adapter(
         row = await nemo_queries.get_version_caused_by(state.engine, workspace, data.name, command_id)
         return row if row is not None and row["status"] in TERMINAL_STATUSES else None
 
-    remaining = wait - (asyncio.get_running_loop().time() - started)
-    version = await bus.wait_until(decided, max(remaining, 0))
+    version = await bus.wait_until(decided, budget.left)
     if version is not None and version["status"] == AdapterStatus.REJECTED:
         raise Unprocessable(version["reason"] or "the fileset's files were refused", loc=["body", "fileset"])
     row = await nemo_queries.get_adapter(state.engine, workspace, data.name, NEMO)

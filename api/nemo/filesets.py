@@ -59,7 +59,7 @@ async def upload_fileset_file(
     state: State,
     wait: Wait = 0,
 ) -> Response[Any]:
-    started = asyncio.get_running_loop().time()
+    budget = bus.budget(wait)
     await require_workspace(state, workspace)
     if problem := name_problem(fileset):
         raise Unprocessable(f"fileset {problem}", loc=["path", "fileset"])
@@ -87,7 +87,7 @@ async def upload_fileset_file(
             ),
             aggregate_id=fileset_id(workspace, fileset),
             actor=request.user.actor,
-            wait=wait,
+            wait=budget.left,
         )
     except BaseException:
         await asyncio.to_thread(upload.discard, state.s3)
@@ -100,8 +100,7 @@ async def upload_fileset_file(
         # Another upload of the same path may have replaced it meanwhile: that answers too.
         return row if row is not None and (row["status"] == "stored" or row["correlation_id"] != command_id) else None
 
-    remaining = wait - (asyncio.get_running_loop().time() - started)
-    row = await bus.wait_until(stored, max(remaining, 0))
+    row = await bus.wait_until(stored, budget.left)
     if row is None:
         row = await nemo_queries.get_fileset_file(state.engine, workspace, fileset, path)
     assert row is not None  # its `fileset.file_added` is projected: the outcome says so
