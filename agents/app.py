@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
 import streams.catalog  # noqa: F401 - registers every message type
+from agents.adapter_deployments import AdapterDeployments
 from agents.adapters import ADAPTERS
 from agents.api_keys import API_KEYS
 from agents.artifacts.jobs import ArtifactJobs
@@ -16,12 +18,17 @@ from agents.deployment_instances import DeploymentInstances
 from agents.deployments import DEPLOYMENTS
 from agents.filesets import FILESETS
 from agents.lora_files import LORA_DIRS
+from agents.node.desired import cluster_of
+from agents.node_liveness import NodeLiveness, cluster_partition
 from agents.processor import CommandProcessor
 from agents.workspaces import WORKSPACES
 from infra.faust_transport import FaustApp
 from infra.secrets import open_secret_box
 from infra.settings import Settings
 from infra.telemetry import configure_tracing
+from streams.cluster import CLUSTER_ID
+from streams.envelope import SYSTEM_ACTOR
+from streams.serialization import envelope_for
 from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
@@ -49,7 +56,9 @@ def create_app(settings: Settings) -> faust.App:
     )
     jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), open_secret_box(settings))
     instances = DeploymentInstances(lambda command: processor.send_command(command))
-    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs, instances])
+    serving = AdapterDeployments(lambda command: processor.send_command(command))
+    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs, instances, serving])
+    liveness = NodeLiveness(settings.node_timeout_s)
     commands = app.topic(
         COMMANDS.name,
         key_type=bytes,
@@ -65,17 +74,30 @@ def create_app(settings: Settings) -> faust.App:
             message = event.message
             headers = list(message.headers or [])
             source = f"{message.topic}:{message.partition}:{message.offset}"
+            liveness.heard_message(message.value, headers, datetime.now(UTC))
             await processor.handle(message.value, headers, source, key=message.key)
 
     @app.on_before_shutdown.connect
     async def _stop_processor(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await jobs.stop()
         await instances.stop()
+        await serving.stop()
         await processor.stop()
 
     @app.task
     async def _fold_the_log_before_the_first_command() -> None:
         await processor.start()
+
+    @app.timer(max(1.0, settings.node_timeout_s / 4))
+    async def _judge_nodes() -> None:
+        """The worker that owns the cluster's partition judges node liveness (agents.node_liveness)."""
+        now = datetime.now(UTC)
+        owned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+        liveness.ownership((COMMANDS.name, cluster_partition(COMMANDS.partitions)) in owned, now)
+        nodes = cluster_of(processor.state).placement.nodes
+        check = liveness.check([n.node_id for n in nodes.values() if not n.lost], now)
+        if check is not None:
+            await processor.send_command(envelope_for(check, aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR))
 
     return app
 

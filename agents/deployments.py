@@ -1,5 +1,9 @@
 """Deployment decisions (seed 003): the spec is checked (ranges, extra_args against vLLM's allowlist), settings
-scale it, delete ends it, and node agents' reports on its instances are recorded."""
+scale it, delete ends it, and node agents' reports on its instances are recorded.
+
+Adapters: attaching one says the deployment serves it (after the pre-flight check, refused with every reason);
+which instance holds it is derived from this state by `agents.node.adapter_slots`, and node agents report what
+each instance loaded."""
 
 from __future__ import annotations
 
@@ -7,21 +11,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from agents.aggregate import Aggregate, Rejected
+from agents.node.lora_preflight import deployment_facts, facts_of, preflight
 from agents.node.vllm_args import check_extra_args
 from streams.deployments import (
     AGGREGATE,
     MAX_BATCH_SIZE,
     MAX_NUM_GPUS,
+    VLLM_LORA_RANKS,
+    AdapterAttached,
+    AdapterDetached,
+    AdapterLoaded,
+    AdapterLoadFailed,
+    AdapterLoadStatus,
+    AdapterUnloaded,
+    AttachAdapter,
     CreateDeployment,
     DeleteDeployment,
+    DeployedAdapter,
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentScaled,
     DeploymentSpec,
+    DetachAdapter,
     InstanceFailed,
     InstanceLaunched,
     InstanceStarted,
     InstanceStatus,
+    ReportAdapter,
     ReportInstance,
     ScaleDeployment,
     ScaleSettings,
@@ -38,6 +54,12 @@ class Deployment:
     deleted: bool = False
     # As node agents reported them: instance_id -> status.
     instances: Mapping[str, InstanceStatus] = field(default_factory=dict)
+    # The weights' architecture, as the first instance to read them reported it.
+    architecture: str | None = None
+    # The adapters it serves: name -> the stored version.
+    adapters: Mapping[str, DeployedAdapter] = field(default_factory=dict)
+    # As node agents reported them: instance_id -> {adapter name: sha256 loaded}.
+    loaded: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def desired_instances(self) -> int:
@@ -55,7 +77,15 @@ def spec_problems(spec: DeploymentSpec) -> list[tuple[str, str]]:
         problems.append(("settings", problem))
     if extra := check_extra_args(spec.extra_args):
         problems.append(("extra_args", "; ".join(extra)))
+    if spec.lora.max_lora_rank not in VLLM_LORA_RANKS:
+        allowed = ", ".join(map(str, VLLM_LORA_RANKS))
+        problems.append(("lora", f"max_lora_rank {spec.lora.max_lora_rank} is not one vLLM accepts ({allowed})"))
     return problems
+
+
+def adapter_problems(deployment: Deployment, adapter: DeployedAdapter) -> tuple[str, ...]:
+    """Why the deployment's instances cannot serve `adapter` (empty when they can): the pre-flight check."""
+    return preflight(facts_of(adapter), deployment_facts(deployment.spec, deployment.architecture)).reasons
 
 
 def settings_problem(settings: ScaleSettings) -> str | None:
@@ -83,6 +113,20 @@ def decide(current: Deployment | None, command: Envelope) -> Sequence[Payload]:
         return [DeploymentDeleted()]
     if isinstance(payload, ReportInstance):
         return [_report(payload)]
+    if isinstance(payload, AttachAdapter):
+        if reasons := adapter_problems(current, payload.adapter):
+            raise Rejected(
+                RejectionCode.INVALID,
+                f"{payload.adapter.name} cannot be served by {current.deploy_id}: " + "; ".join(reasons),
+                field="lora_name",
+            )
+        return [AdapterAttached(adapter=payload.adapter)]
+    if isinstance(payload, DetachAdapter):
+        if payload.name not in current.adapters:
+            raise Rejected(RejectionCode.NOT_FOUND, f"{current.deploy_id} does not serve {payload.name!r}")
+        return [AdapterDetached(name=payload.name)]
+    if isinstance(payload, ReportAdapter):
+        return [_adapter_report(payload)]
     raise Rejected(RejectionCode.INVALID, f"deployments do not handle {command.type}")
 
 
@@ -92,9 +136,25 @@ def _report(report: ReportInstance) -> Payload:
     if report.status is InstanceStatus.RUNNING:
         if not report.endpoint:
             raise Rejected(RejectionCode.INVALID, "a running instance reports its endpoint", field="endpoint")
-        return InstanceStarted(instance_id=report.instance_id, node_id=report.node_id, endpoint=report.endpoint)
+        return InstanceStarted(
+            instance_id=report.instance_id,
+            node_id=report.node_id,
+            endpoint=report.endpoint,
+            architecture=report.architecture,
+        )
     reason = report.fail_reason or "the instance failed without a reason"
     return InstanceFailed(instance_id=report.instance_id, node_id=report.node_id, fail_reason=reason)
+
+
+def _adapter_report(report: ReportAdapter) -> Payload:
+    where = {"instance_id": report.instance_id, "node_id": report.node_id, "name": report.name}
+    if report.status is AdapterLoadStatus.LOADED:
+        if not report.sha256:
+            raise Rejected(RejectionCode.INVALID, "a loaded adapter reports its sha256", field="sha256")
+        return AdapterLoaded(**where, sha256=report.sha256)
+    if report.status is AdapterLoadStatus.UNLOADED:
+        return AdapterUnloaded(**where, reason=report.reason or "unloaded")
+    return AdapterLoadFailed(**where, reason=report.reason or "the load failed without a reason")
 
 
 def evolve(current: Deployment | None, event: Envelope) -> Deployment | None:
@@ -109,8 +169,28 @@ def evolve(current: Deployment | None, event: Envelope) -> Deployment | None:
         return replace(current, deleted=True)
     if isinstance(payload, InstanceLaunched | InstanceStarted | InstanceFailed):
         status = _STATUS_OF[type(payload)]
-        return replace(current, instances={**current.instances, payload.instance_id: status})
+        current = replace(current, instances={**current.instances, payload.instance_id: status})
+        if isinstance(payload, InstanceStarted) and payload.architecture:
+            current = replace(current, architecture=payload.architecture)
+        if not isinstance(payload, InstanceStarted):
+            # A (re)starting or failed vLLM holds no runtime-loaded adapter.
+            current = replace(current, loaded=_without(current.loaded, payload.instance_id))
+        return current
+    if isinstance(payload, AdapterAttached):
+        return replace(current, adapters={**current.adapters, payload.adapter.name: payload.adapter})
+    if isinstance(payload, AdapterDetached):
+        return replace(current, adapters={k: v for k, v in current.adapters.items() if k != payload.name})
+    if isinstance(payload, AdapterLoaded):
+        held = {**current.loaded.get(payload.instance_id, {}), payload.name: payload.sha256}
+        return replace(current, loaded={**current.loaded, payload.instance_id: held})
+    if isinstance(payload, AdapterUnloaded | AdapterLoadFailed):
+        held = {k: v for k, v in current.loaded.get(payload.instance_id, {}).items() if k != payload.name}
+        return replace(current, loaded={**current.loaded, payload.instance_id: held})
     return current
+
+
+def _without(loaded: Mapping[str, Mapping[str, str]], instance_id: str) -> Mapping[str, Mapping[str, str]]:
+    return {k: v for k, v in loaded.items() if k != instance_id}
 
 
 _STATUS_OF: Mapping[type[Payload], InstanceStatus] = {

@@ -12,8 +12,7 @@ The rule:
   those events and judges nothing again, so no clock and no heartbeat is needed to reproduce the allocations.
 - A lost node's next heartbeat is a `node.rejoined` event, and the queue is placed on it.
 
-Not wired into the worker yet: no node agent sends heartbeats, and judging nodes that never heartbeat would mark
-every registered node lost. The node agent's change wires it (a timer in agents/app.py and `heard` on each command).
+Wired in agents/app.py: every command the worker reads passes `heard_message`, and a timer checks.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import streams.catalog  # noqa: F401 - registers every message type
 from api.admin.api_keys import ApiKeyController
 from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from api.commands import CommandBus
+from api.deployments.adapters import ROUTES as DEPLOYMENT_ADAPTER_ROUTES
 from api.deployments.routes import ROUTES as DEPLOYMENT_ROUTES
 from api.empower.routes import ROUTES as EMPOWER_ROUTES
 from api.errors import EXCEPTION_HANDLERS
@@ -72,6 +73,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             *LORA_FILE_ROUTES,
             *NEMO_ROUTES,
             *DEPLOYMENT_ROUTES,
+            *DEPLOYMENT_ADAPTER_ROUTES,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),

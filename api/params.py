@@ -16,3 +16,7 @@ Wait = Annotated[
 ]
 Page = Annotated[int, Parameter(ge=1, description="Page number, from 1")]
 PageSize = Annotated[int, Parameter(ge=1, le=1000, description="Results per page")]
+Force = Annotated[
+    bool,
+    Parameter(description="Delete an adapter that deployments serve: stop serving it everywhere first (else 409)"),
+]

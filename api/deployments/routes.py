@@ -50,6 +50,7 @@ def _spec(data: DeployLLMIn, deploy_id: str, state: State) -> contract.Deploymen
         base_model=data.base_model,
         settings=settings,
         extra_args=tuple(data.extra_args or ()),
+        lora=contract.LoraSettings(**data.lora.model_dump()) if data.lora else contract.LoraSettings(),
     )
 
 

@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from streams.deployments import DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE, MAX_INSTANCES, MAX_NUM_GPUS, DeployGpu
+from streams.deployments import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_LORA_RANK,
+    DEFAULT_MAX_LORAS,
+    MAX_BATCH_SIZE,
+    MAX_INSTANCES,
+    MAX_LORAS,
+    MAX_NUM_GPUS,
+    VLLM_LORA_RANKS,
+    DeployGpu,
+)
 
 
 class HFWeights(BaseModel):
@@ -30,6 +40,21 @@ class ScaleSettings(BaseModel):
         return self
 
 
+class LoraSettings(BaseModel):
+    """Extension: the adapter slots of each instance (vLLM's --max-loras and --max-lora-rank)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_loras: int = Field(DEFAULT_MAX_LORAS, ge=0, le=MAX_LORAS, description="Adapters each instance holds at once")
+    max_lora_rank: int = Field(DEFAULT_MAX_LORA_RANK, description=f"Highest adapter rank; one of {VLLM_LORA_RANKS}")
+
+    @model_validator(mode="after")
+    def _vllm_rank(self) -> LoraSettings:
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {', '.join(map(str, VLLM_LORA_RANKS))}")
+        return self
+
+
 class DeployLLMIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,6 +66,36 @@ class DeployLLMIn(BaseModel):
     base_model: str | None = Field(None, max_length=255)
     settings: ScaleSettings | None = None
     extra_args: list[str] | None = Field(None, max_length=64, description="Checked against vLLM's allowlist")
+    lora: LoraSettings | None = Field(None, description="Extension: adapter slots (default 4 adapters, rank 64)")
+
+
+class DeployLoraIn(BaseModel):
+    """Extension: serve a registered LoRA on a deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deploy_id: str = Field(min_length=1, max_length=255)
+    lora_name: str = Field(
+        min_length=1, max_length=512, description="The LoRA's name (Empower, DeepInfra), or `workspace/name` (NeMo)"
+    )
+    version: int | None = Field(None, ge=1, description="A stored version; default: the newest stored one")
+
+
+class LoraCheckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deploy_id: str = Field(min_length=1, max_length=255)
+    version: int | None = Field(None, ge=1)
+
+
+class LoraCheck(BaseModel):
+    """The pre-flight verdict: would the deployment's instances serve this adapter, and every reason they would not."""
+
+    name: str
+    version: int
+    deploy_id: str
+    verdict: Literal["compatible", "incompatible"]
+    reasons: list[str]
 
 
 class DeployUpdateIn(BaseModel):
@@ -67,6 +122,12 @@ class DeployLLMConfig(BaseModel):
     weights: Weights
 
 
+class InstanceAdapter(BaseModel):
+    name: str
+    status: str = Field(description="loaded | failed")
+    reason: str | None = None
+
+
 class InstanceDetail(BaseModel):
     """Extension: where each instance is and how it fares."""
 
@@ -76,6 +137,17 @@ class InstanceDetail(BaseModel):
     node_id: str | None = None
     device_indexes: list[int] | None = None
     endpoint: str | None = None
+    adapters: list[InstanceAdapter] = Field(default_factory=list, description="What its node reported it holds")
+
+
+class ServedAdapter(BaseModel):
+    """Extension: an adapter the deployment serves, and the instances that hold it now."""
+
+    name: str = Field(description="The `model` a completion request names")
+    adapter: str = Field(description="The registry's adapter (`workspace/name`)")
+    version: int
+    sha256: str
+    instances: list[str] = Field(description="Instances where it is loaded")
 
 
 class Deploy(BaseModel):
@@ -95,6 +167,8 @@ class Deploy(BaseModel):
     base_model: str | None = None
     extra_args: list[str] = Field(default_factory=list)
     instance_details: list[InstanceDetail] = Field(default_factory=list)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    adapters: list[ServedAdapter] = Field(default_factory=list)
 
 
 class NodeDevice(BaseModel):

@@ -32,7 +32,33 @@ def base_model_of(row: dict[str, Any]) -> str | None:
     return analysis.get("base_model") or (row.get("spec") or {}).get("base_model")
 
 
-def lora_answer(row: dict[str, Any], settings: Settings) -> Lora:
+def active_deployment(
+    row: dict[str, Any], served: dict[str, Any], model: tuple[str, str, str | None]
+) -> dict[str, Any]:
+    """Seed 000's `active_deployment`: the deployment serving the LoRA, as (model_name, model_source, hf_revision)
+    of the version it serves."""
+    spec = served["spec"]
+    weights = spec.get("weights") or {}
+    model_name, model_source, revision = model
+    actor_type = _version_column(row, "creator_type")
+    return {
+        "base_model_name": spec.get("base_model") or weights.get("repo") or spec["model_name"],
+        "created_at": int(served["attached_at"].timestamp()),
+        "creator": {
+            "actor_type": actor_type,
+            "api_key": {"name": _version_column(row, "creator_name")},
+        },
+        "hf_revision": revision,
+        "model_name": model_name,
+        "model_source": model_source,
+        # Extensions: where it runs.
+        "deploy_id": served["deploy_id"],
+        "version": served["version"],
+    }
+
+
+def lora_answer(row: dict[str, Any], settings: Settings, served: dict[str, Any] | None = None) -> Lora:
+    """`served`: the deployment_adapters row (with the deployment's spec) of a deployment serving it, if any."""
     spec = row["spec"]
     source = spec["source"]
     provenance = row.get("provenance") or {}
@@ -48,7 +74,7 @@ def lora_answer(row: dict[str, Any], settings: Settings) -> Lora:
     return Lora(
         name=spec["name"],
         unit_price=settings.unit_price(base_model),
-        active_deployment=None,
+        active_deployment=active_deployment(row, served, (model_name, model_source, revision)) if served else None,
         status=row["status"],
         version=_version_column(row, "version"),
         reason=row.get("reason"),

@@ -14,14 +14,15 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
 from api.auth import Principal
 from api.commands import CommandBus
-from api.empower.answers import deploy_answer, lora_answer
+from api.deployments.adapters import release_before_delete, serves_base_model
+from api.empower.answers import base_model_of, deploy_answer, lora_answer
 from api.empower.civitai_url import civitai_url_problem
 from api.empower.registration import register
 from api.empower.rejections import civitai_rejection_loc, hf_rejection_loc
 from api.empower.schemas import DeepInfraLoraCreate, Deploy, Lora, LoraCreate, LoraList
 from api.errors import NotFound, Unprocessable
-from api.params import Page, PageSize, Wait
-from api.readmodel import adapter_queries
+from api.params import Force, Page, PageSize, Wait
+from api.readmodel import adapter_queries, deployment_queries
 from infra.settings import Settings
 from streams.adapters import (
     DEFAULT_WORKSPACE,
@@ -62,12 +63,31 @@ async def create_lora(
         base_model=data.base_model_name,
         api=AdapterApi.EMPOWER,
     )
-    row = await register(spec, request, bus, wait, "name" if data.name else "model_name")
+    budget = bus.budget(wait)
+    row = await register(spec, request, bus, budget.left, "name" if data.name else "model_name")
     if isinstance(row, Response):
         return row
     if row["status"] == AdapterStatus.REJECTED:
         raise Unprocessable(row["reason"] or "the adapter was refused", loc=hf_rejection_loc(row["rejected_part"]))
-    return Response(lora_answer(row, state.settings).model_dump(mode="json"), status_code=200)
+    served = await _served_when_deployed(bus, state, row, budget.left)
+    return Response(lora_answer(row, state.settings, served).model_dump(mode="json"), status_code=200)
+
+
+async def _served_when_deployed(
+    bus: CommandBus, state: State, row: dict[str, Any], wait: float
+) -> dict[str, Any] | None:
+    """The deployment serving the stored version: a live deployment of its base model takes it (the worker's
+    agents.adapter_deployments), so wait for that when there is one."""
+    key = adapter_id(DEFAULT_WORKSPACE, row["name"])
+    base = base_model_of(row)
+    live = await deployment_queries.list_deployments(state.engine)
+    if not base or not any(serves_base_model(found[0]["spec"], base) for found in live):
+        return (await deployment_queries.served_versions(state.engine, [key])).get(key)
+
+    async def served() -> dict[str, Any] | None:
+        return (await deployment_queries.served_versions(state.engine, [key])).get(key)
+
+    return await bus.wait_until(served, wait) or await served()
 
 
 @get("/api/v1/lora", tags=["empower"], summary="List LoRAs")
@@ -75,12 +95,20 @@ async def list_loras(state: State, page: Page = 1, page_size: PageSize = 100) ->
     rows, total = await adapter_queries.list_adapters(
         state.engine, DEFAULT_WORKSPACE, offset=(page - 1) * page_size, limit=page_size
     )
-    return LoraList(data=[lora_answer(r, state.settings) for r in rows], total=total)
+    served = await deployment_queries.served_versions(
+        state.engine, [adapter_id(DEFAULT_WORKSPACE, r["name"]) for r in rows]
+    )
+    return LoraList(
+        data=[lora_answer(r, state.settings, served.get(adapter_id(DEFAULT_WORKSPACE, r["name"]))) for r in rows],
+        total=total,
+    )
 
 
 @get("/api/v1/lora/{name:path}", tags=["empower"], summary="Get a LoRA (its latest version)")
 async def get_lora(name: FromPath[LoraName], state: State) -> Lora:
-    return lora_answer(await _existing(state, _lora_name(name)), state.settings)
+    row = await _existing(state, _lora_name(name))
+    key = adapter_id(DEFAULT_WORKSPACE, row["name"])
+    return lora_answer(row, state.settings, (await deployment_queries.served_versions(state.engine, [key])).get(key))
 
 
 @delete("/api/v1/lora/{name:path}", tags=["empower"], status_code=202, summary="Delete a LoRA (204 with ?wait=)")
@@ -90,14 +118,20 @@ async def delete_lora(
     bus: NamedDependency[CommandBus],
     state: State,
     wait: Wait = 0,
+    force: Force = False,
 ) -> Response[Any]:
     lora = _lora_name(name)
     await _existing(state, lora)
+    budget = bus.budget(wait)
+    if answer := await release_before_delete(
+        bus, state, DEFAULT_WORKSPACE, lora, force, request.user.actor, budget.left
+    ):
+        return answer
     command_id = await bus.send(
         DeleteAdapter(workspace=DEFAULT_WORKSPACE, name=lora),
         aggregate_id=adapter_id(DEFAULT_WORKSPACE, lora),
         actor=request.user.actor,
-        wait=wait,
+        wait=budget.left,
     )
     if (answer := await bus.outcome(command_id, ["path", "name"])) is not None:
         return answer

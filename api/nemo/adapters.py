@@ -17,10 +17,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from api.auth import Principal
 from api.commands import CommandBus
+from api.deployments.adapters import release_before_delete
 from api.errors import NotFound, Unprocessable
 from api.nemo.paths import paths
 from api.nemo.schemas import AdapterCreate, AdapterPatch, NemoAdapter, NemoAdapterList
-from api.params import Page, PageSize, Wait
+from api.params import Force, Page, PageSize, Wait
 from api.readmodel import nemo_queries, queries
 from api.schemas import Pagination
 from streams.adapters import (
@@ -166,13 +167,17 @@ async def delete_adapter(
     bus: NamedDependency[CommandBus],
     state: State,
     wait: Wait = 0,
+    force: Force = False,
 ) -> Response[Any]:
     await _require_not_foreign(state, workspace, name)
+    budget = bus.budget(wait)
+    if answer := await release_before_delete(bus, state, workspace, name, force, request.user.actor, budget.left):
+        return answer
     command_id = await bus.send(
         DeleteAdapter(workspace=workspace, name=name),
         aggregate_id=adapter_id(workspace, name),
         actor=request.user.actor,
-        wait=wait,
+        wait=budget.left,
     )
     if (answer := await bus.outcome(command_id, ["path"])) is not None:
         return answer

@@ -8,6 +8,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.readmodel.tables import adapter_versions, adapters
+from streams.adapters import AdapterStatus
 
 Row = dict[str, Any]
 
@@ -64,3 +65,25 @@ async def list_adapters(engine: AsyncEngine, workspace: str, *, offset: int, lim
             .limit(limit)
         )
         return [dict(r) for r in rows.mappings()], total or 0
+
+
+async def ready_version(engine: AsyncEngine, workspace: str, name: str, version: int | None = None) -> Row | None:
+    """The adapter's newest stored (ready) version, or the given one if it is ready; None when there is none."""
+    statement = (
+        select(adapter_versions)
+        .join(
+            adapters,
+            and_(adapters.c.workspace == adapter_versions.c.workspace, adapters.c.name == adapter_versions.c.name),
+        )
+        .where(
+            adapter_versions.c.workspace == workspace,
+            adapter_versions.c.name == name,
+            adapter_versions.c.status == AdapterStatus.READY.value,
+        )
+        .order_by(adapter_versions.c.version.desc())
+    )
+    if version is not None:
+        statement = statement.where(adapter_versions.c.version == version)
+    async with engine.connect() as conn:
+        row = (await conn.execute(statement)).mappings().first()
+        return dict(row) if row else None

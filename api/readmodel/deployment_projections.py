@@ -7,7 +7,13 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.readmodel.tables import cluster_nodes, deployment_instances, deployments
+from api.readmodel.tables import (
+    cluster_nodes,
+    deployment_adapters,
+    deployment_instances,
+    deployments,
+    instance_adapters,
+)
 from streams import cluster
 from streams import deployments as deployment_events
 from streams.envelope import Envelope
@@ -78,6 +84,61 @@ async def _instance_reported(conn: AsyncConnection, event: Envelope) -> None:
         )
         .values(**values)
     )
+    if not isinstance(payload, deployment_events.InstanceStarted):
+        # A (re)starting or failed vLLM holds no runtime-loaded adapter.
+        await conn.execute(delete(instance_adapters).where(instance_adapters.c.instance_id == payload.instance_id))
+    await _update_deployment(conn, event)
+
+
+async def _adapter_attached(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, deployment_events.AdapterAttached)
+    adapter = payload.adapter
+    where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == adapter.name)
+    await conn.execute(delete(deployment_adapters).where(where))
+    await conn.execute(
+        insert(deployment_adapters).values(
+            deploy_id=event.aggregate_id,
+            name=adapter.name,
+            adapter_id=adapter.adapter_id,
+            version=adapter.version,
+            sha256=adapter.artifact.sha256,
+            attached_at=event.occurred_at,
+        )
+    )
+    await _update_deployment(conn, event)
+
+
+async def _adapter_detached(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, deployment_events.AdapterDetached)
+    where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == payload.name)
+    await conn.execute(delete(deployment_adapters).where(where))
+    await _update_deployment(conn, event)
+
+
+async def _adapter_reported(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    reports = deployment_events.AdapterLoaded | deployment_events.AdapterUnloaded | deployment_events.AdapterLoadFailed
+    assert isinstance(payload, reports)
+    where = and_(instance_adapters.c.instance_id == payload.instance_id, instance_adapters.c.name == payload.name)
+    await conn.execute(delete(instance_adapters).where(where))
+    if isinstance(payload, deployment_events.AdapterLoaded):
+        values: dict[str, Any] = {"state": "loaded", "sha256": payload.sha256, "reason": None}
+    elif isinstance(payload, deployment_events.AdapterLoadFailed):
+        values = {"state": "failed", "sha256": None, "reason": payload.reason}
+    else:
+        values = {}
+    if values:
+        await conn.execute(
+            insert(instance_adapters).values(
+                instance_id=payload.instance_id,
+                name=payload.name,
+                deploy_id=event.aggregate_id,
+                updated_at=event.occurred_at,
+                **values,
+            )
+        )
     await _update_deployment(conn, event)
 
 
@@ -112,6 +173,7 @@ async def _instance_released(conn: AsyncConnection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstanceReleased)
     await conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == payload.instance_id))
+    await conn.execute(delete(instance_adapters).where(instance_adapters.c.instance_id == payload.instance_id))
 
 
 async def _node_registered(conn: AsyncConnection, event: Envelope) -> None:
@@ -157,6 +219,11 @@ DEPLOYMENT_PROJECTIONS = {
     "instance.launched": _instance_reported,
     "instance.started": _instance_reported,
     "instance.failed": _instance_reported,
+    "deployment.adapter_attached": _adapter_attached,
+    "deployment.adapter_detached": _adapter_detached,
+    "adapter.loaded": _adapter_reported,
+    "adapter.unloaded": _adapter_reported,
+    "adapter.load_failed": _adapter_reported,
     "instance.placed": _instance_placed,
     "instance.queued": _instance_pending,
     "instance.released": _instance_released,

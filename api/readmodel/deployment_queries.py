@@ -8,7 +8,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api.readmodel.tables import cluster_nodes, deployment_instances, deployments
+from api.readmodel.tables import (
+    cluster_nodes,
+    deployment_adapters,
+    deployment_instances,
+    deployments,
+    instance_adapters,
+)
 
 Row = dict[str, Any]
 
@@ -21,9 +27,43 @@ async def _instances(conn: AsyncConnection, deploy_ids: Sequence[str]) -> dict[s
             .where(deployment_instances.c.deploy_id.in_(list(deploy_ids)))
             .order_by(deployment_instances.c.requested_seq)
         )
+        by_instance: dict[str, list[Row]] = {}
+        held = await conn.execute(
+            select(instance_adapters)
+            .where(instance_adapters.c.deploy_id.in_(list(deploy_ids)))
+            .order_by(instance_adapters.c.name)
+        )
+        for adapter in held.mappings():
+            by_instance.setdefault(adapter["instance_id"], []).append(dict(adapter))
         for row in rows.mappings():
-            out[row["deploy_id"]].append(dict(row))
+            out[row["deploy_id"]].append({**row, "adapters": by_instance.get(row["instance_id"], [])})
     return out
+
+
+async def _with_adapters(conn: AsyncConnection, rows: list[Row]) -> list[Row]:
+    """Each deployment row with `adapters`: the adapters it serves, by name."""
+    served: dict[str, list[Row]] = {row["deploy_id"]: [] for row in rows}
+    if served:
+        found = await conn.execute(
+            select(deployment_adapters)
+            .where(deployment_adapters.c.deploy_id.in_(list(served)))
+            .order_by(deployment_adapters.c.name)
+        )
+        for adapter in found.mappings():
+            served[adapter["deploy_id"]].append(dict(adapter))
+    return [{**row, "adapters": served[row["deploy_id"]]} for row in rows]
+
+
+async def deployments_serving(engine: AsyncEngine, adapter_id: str) -> list[Row]:
+    """The deployments (not deleted) that serve a version of the adapter: deploy_id and the served name."""
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(deployment_adapters.c.deploy_id, deployment_adapters.c.name)
+            .join(deployments, deployments.c.deploy_id == deployment_adapters.c.deploy_id)
+            .where(deployment_adapters.c.adapter_id == adapter_id, deployments.c.deleted.is_(False))
+            .order_by(deployment_adapters.c.deploy_id)
+        )
+        return [dict(r) for r in found.mappings()]
 
 
 async def get_deployment(engine: AsyncEngine, deploy_id: str) -> tuple[Row, list[Row]] | None:
@@ -32,7 +72,8 @@ async def get_deployment(engine: AsyncEngine, deploy_id: str) -> tuple[Row, list
         row = (await conn.execute(select(deployments).where(deployments.c.deploy_id == deploy_id))).mappings().first()
         if row is None:
             return None
-        return dict(row), (await _instances(conn, [deploy_id]))[deploy_id]
+        (with_adapters,) = await _with_adapters(conn, [dict(row)])
+        return with_adapters, (await _instances(conn, [deploy_id]))[deploy_id]
 
 
 async def list_deployments(engine: AsyncEngine) -> list[tuple[Row, list[Row]]]:
@@ -48,6 +89,7 @@ async def list_deployments(engine: AsyncEngine) -> list[tuple[Row, list[Row]]]:
                 )
             ).mappings()
         ]
+        rows = await _with_adapters(conn, rows)
         instances = await _instances(conn, [r["deploy_id"] for r in rows])
         return [(r, instances[r["deploy_id"]]) for r in rows]
 
@@ -62,3 +104,21 @@ async def list_nodes(engine: AsyncEngine) -> list[tuple[Row, list[Row]]]:
         for row in placed.mappings():
             by_node.setdefault(row["node_id"], []).append(dict(row))
         return [(node, by_node.get(node["node_id"], [])) for node in nodes]
+
+
+async def served_versions(engine: AsyncEngine, adapter_ids: Sequence[str]) -> dict[str, Row]:
+    """For each adapter a live deployment serves: the first such deployment's row (`deploy_id`, `version`,
+    `attached_at`, and the deployment's `spec`)."""
+    if not adapter_ids:
+        return {}
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(deployment_adapters, deployments.c.spec)
+            .join(deployments, deployments.c.deploy_id == deployment_adapters.c.deploy_id)
+            .where(deployment_adapters.c.adapter_id.in_(list(adapter_ids)), deployments.c.deleted.is_(False))
+            .order_by(deployment_adapters.c.attached_at, deployment_adapters.c.deploy_id)
+        )
+        out: dict[str, Row] = {}
+        for row in found.mappings():
+            out.setdefault(row["adapter_id"], dict(row))
+        return out

@@ -193,6 +193,30 @@ deployments = Table(
     Column("creator_name", String(255), nullable=False),
 )
 
+# The adapters a deployment serves (deployment.adapter_attached), and what each instance holds, as its node reported.
+deployment_adapters = Table(
+    "deployment_adapters",
+    metadata,
+    Column("deploy_id", String(255), primary_key=True),
+    Column("name", String(512), primary_key=True),
+    Column("adapter_id", String(600), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("attached_at", UTCDateTime(), nullable=False),
+)
+
+instance_adapters = Table(
+    "instance_adapters",
+    metadata,
+    Column("instance_id", String(600), primary_key=True),
+    Column("name", String(512), primary_key=True),
+    Column("deploy_id", String(255), nullable=False, index=True),
+    Column("state", String(16), nullable=False),  # loaded | failed
+    Column("sha256", String(64)),
+    Column("reason", Text),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
 # One row per instance the cluster placed or queued; removed when released.
 deployment_instances = Table(
     "deployment_instances",

@@ -1,0 +1,106 @@
+"""The process manager that serves a newly stored Empower LoRA on the deployments of its base model (seed 000's
+`active_deployment`): on `adapter.stored` it sends `deployment.attach_adapter` to every live deployment whose base
+model is the adapter's and whose instances pass the pre-flight check. Command ids derive from the event, so a
+redelivered event attaches nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from agents.adapters import Adapter
+from agents.deployments import Deployment, adapter_problems
+from agents.node.lora_preflight import base_model_key, deployment_facts
+from agents.state import AgentState
+from streams import deployments
+from streams.adapters import AGGREGATE as ADAPTERS
+from streams.adapters import DEFAULT_WORKSPACE, AdapterApi, AdapterStored
+from streams.deployments import AttachAdapter, DeployedAdapter
+from streams.envelope import Envelope
+from streams.serialization import envelope_for
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Envelope], Awaitable[None]]
+_IDS = uuid.UUID("6f1d2c3b-9a84-4e51-b7c2-5d0e8f3a1c27")
+
+
+def served_name(workspace: str, name: str) -> str:
+    """The `model` a completion names an adapter by: its name, or `workspace/name` outside the default workspace."""
+    return name if workspace == DEFAULT_WORKSPACE else f"{workspace}/{name}"
+
+
+def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter]]:
+    """(deploy_id, adapter) for each live deployment that should serve the Empower adapter `event` stored."""
+    payload = event.payload
+    if not isinstance(payload, AdapterStored):
+        return []
+    adapter = state.get(ADAPTERS, event.aggregate_id).value
+    if not isinstance(adapter, Adapter) or adapter.deleted:
+        return []
+    version = adapter.version(payload.version)
+    if version is None or version.spec.api is not AdapterApi.EMPOWER:
+        return []
+    base = payload.analysis.base_model or version.spec.base_model
+    if not base:
+        return []
+    served = DeployedAdapter(
+        name=served_name(adapter.workspace, adapter.name),
+        adapter_id=event.aggregate_id,
+        version=payload.version,
+        artifact=payload.artifact,
+        analysis=payload.analysis,
+    )
+    out = []
+    for (aggregate_type, deploy_id), entry in sorted(state.entries.items()):
+        deployment = entry.value
+        if aggregate_type != deployments.AGGREGATE or not isinstance(deployment, Deployment) or deployment.deleted:
+            continue
+        if base_model_key(deployment_facts(deployment.spec, None).base_model) != base_model_key(base):
+            continue
+        if problems := adapter_problems(deployment, served):
+            log.info("%s is not served on %s: %s", served.name, deploy_id, "; ".join(problems))
+            continue
+        out.append((deploy_id, served))
+    return out
+
+
+class AdapterDeployments:
+    """An Observer of the command processor (agents.processor.Observer)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._state: AgentState | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def started(self, state: AgentState) -> None:
+        self._state = state
+
+    def decided(self, event: Envelope, cause: Envelope) -> None:
+        if self._state is None or not isinstance(event.payload, AdapterStored):
+            return
+        for deploy_id, adapter in attachments(self._state, event):
+            command = envelope_for(
+                AttachAdapter(adapter=adapter),
+                aggregate_id=deploy_id,
+                actor=cause.actor,
+                command_id=uuid.uuid5(_IDS, f"{event.id}:{deploy_id}").hex,
+                correlation_id=event.correlation_id,
+                causation_id=event.id,
+                traceparent=event.traceparent,
+            )
+            task = asyncio.get_running_loop().create_task(self._send_logged(command))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_logged(self, command: Envelope) -> None:
+        try:
+            await self._send(command)
+        except Exception:
+            log.exception("could not ask %s to serve an adapter", command.aggregate_id)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,318 @@
+"""The node agent (`loraplane node`): registers the node's devices, runs vLLM for the instances the cluster placed
+on it, keeps each instance's adapters as the deployment wants them, and reports every change as a command.
+
+It reads the event log (the cluster and deployment aggregates, folded like the worker folds them) and compares
+what should run (`agents.node.desired`) with what runs, every `poll` seconds. Reports go to the deployment's
+aggregate (`deployment.report_instance`, `deployment.report_adapter`); the agent decides nothing the log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from minio import Minio
+
+from agents.cluster import CLUSTER
+from agents.deployments import DEPLOYMENTS
+from agents.event_log import EventLogFollower
+from agents.node.desired import DesiredInstance, adapters_for, instances_on
+from agents.node.lora_preflight import deployment_facts, facts_of, preflight
+from agents.node.reconcile import Load, LoadedAdapter, listed_adapters, reconcile
+from agents.node.vllm_args import InvalidVllmSpec, VllmSpec, build_vllm_command
+from agents.state import AgentState
+from infra.errors import LoraplaneError
+from infra.node_cache import architecture_of, fetch_adapter_files, fetch_weights
+from infra.secrets import SecretBox
+from infra.settings import Settings
+from infra.vllm_process import CPU_ENV, VllmClient, VllmServer
+from streams.cluster import CLUSTER_ID, DeviceInfo, NodeHeartbeat, RegisterNode
+from streams.deployments import (
+    AdapterLoadStatus,
+    DeployedAdapter,
+    DeployGpu,
+    InstanceStatus,
+    ReportAdapter,
+    ReportInstance,
+    hf_token_context,
+)
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.serialization import envelope_for
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Envelope], Awaitable[None]]
+POLL_S = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NodeContext:
+    """What every instance of the node shares: settings, S3, the secret box, vLLM's interpreter, the reporter."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        node_id: str,
+        send: Send,
+        s3: Minio,
+        secrets: SecretBox,
+        vllm_python: Callable[[], Awaitable[str]],
+    ) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.s3 = s3
+        self.secrets = secrets
+        self.vllm_python = vllm_python
+        self._send = send
+
+    async def report(self, deploy_id: str, payload: Payload) -> None:
+        command = envelope_for(payload, aggregate_id=deploy_id, actor=SYSTEM_ACTOR, command_id=uuid.uuid4().hex)
+        try:
+            await self._send(command)
+        except Exception:
+            log.exception("could not report %s for %s", command.type, deploy_id)
+
+
+class InstanceRunner:
+    """One placed instance: its vLLM process (restarted with backoff when it dies) and its adapters."""
+
+    def __init__(self, ctx: NodeContext, desired: DesiredInstance) -> None:
+        self.ctx = ctx
+        self.instance_id = desired.instance_id
+        self.deployment = desired.deployment
+        self.device_indexes = desired.device_indexes
+        self.server: VllmServer | None = None
+        self.process: str | None = None  # this start of vLLM, for the adapter record
+        self.architecture: str | None = None
+        self.wanted: Mapping[str, DeployedAdapter] = {}
+        self.record: dict[str, LoadedAdapter] = {}
+        self.refused: set[tuple[str, str, str]] = set()  # (name, sha256, process) whose load failed
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._wake = asyncio.Event()
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._run(), name=f"vllm {self.instance_id}"),
+            asyncio.get_running_loop().create_task(self._keep_adapters(), name=f"adapters {self.instance_id}"),
+        ]
+
+    @property
+    def deploy_id(self) -> str:
+        return self.deployment.deploy_id
+
+    def want(self, adapters: Mapping[str, DeployedAdapter]) -> None:
+        if {n: a.artifact.sha256 for n, a in adapters.items()} != {
+            n: a.artifact.sha256 for n, a in self.wanted.items()
+        }:
+            self.wanted = dict(adapters)
+            self._wake.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _report(self, status: InstanceStatus, **fields: str | None) -> None:
+        report = ReportInstance(instance_id=self.instance_id, node_id=self.ctx.node_id, status=status, **fields)
+        await self.ctx.report(self.deploy_id, report)
+
+    # --- vLLM -----------------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        settings = self.ctx.settings
+        failures = 0
+        try:
+            while True:
+                await self._report(InstanceStatus.STARTING)
+                reason, served = await self._serve_once()
+                failures = 1 if served else failures + 1  # a crash after serving starts a new series
+                await self._report(InstanceStatus.FAILED, fail_reason=reason[-8000:])
+                if failures > settings.vllm_restart_limit:
+                    log.error("%s failed %d times in a row; not restarted", self.instance_id, failures)
+                    return
+                backoff = min(2.0**failures, settings.vllm_restart_max_backoff_s)
+                log.warning("%s failed (%d in a row); restarting in %.0fs", self.instance_id, failures, backoff)
+                await asyncio.sleep(backoff)
+        finally:
+            if self.server is not None:
+                await self.server.stop(grace=self.ctx.settings.vllm_stop_grace_s)
+                self.server = None
+
+    async def _serve_once(self) -> tuple[str, bool]:
+        """Start vLLM and serve until it exits: why it is not serving (fail_reason), and whether it had served."""
+        try:
+            model_dir = await self._weights()
+            argv, env = build_vllm_command(self._spec(model_dir), python=await self.ctx.vllm_python(), port=free_port())
+        except (LoraplaneError, InvalidVllmSpec, OSError) as exc:
+            return f"could not prepare vLLM: {exc}", False
+        port = int(argv[argv.index("--port") + 1])
+        cpu = self.deployment.spec.gpu is DeployGpu.CPU
+        log_path = self.ctx.settings.data_dir / "logs" / f"vllm-{self.instance_id}.log"
+        server = VllmServer(argv, port=port, log_path=log_path, env={**(CPU_ENV if cpu else {}), **env})
+        self.server = server
+        try:
+            seconds = await server.start(ready_timeout=self.ctx.settings.vllm_ready_timeout_s)
+        except LoraplaneError as exc:
+            self.server = None
+            return str(exc), False
+        self.process = f"{server.pid}:{time.time_ns()}"
+        self.architecture = architecture_of(model_dir)
+        log.info("%s serves at %s (ready in %.0fs)", self.instance_id, server.base_url, seconds)
+        await self._report(InstanceStatus.RUNNING, endpoint=server.base_url, architecture=self.architecture)
+        self._wake.set()
+        exited = await server.wait_exit()
+        self.server = None
+        self.process = None
+        return str(exited), True
+
+    async def _weights(self) -> Path:
+        spec = self.deployment.spec
+        source = spec.weights.repo if spec.weights else spec.model_name
+        revision = spec.weights.revision if spec.weights else None
+        token = None
+        if spec.weights and spec.weights.sealed_token:
+            token = self.ctx.secrets.open(spec.weights.sealed_token, context=hf_token_context(self.deploy_id))
+        settings = self.ctx.settings
+        return await asyncio.to_thread(
+            fetch_weights, self.ctx.s3, source, revision, token, settings.node_cache, hf_endpoint=settings.hf_endpoint
+        )
+
+    def _spec(self, model_dir: Path) -> VllmSpec:
+        spec = self.deployment.spec
+        return VllmSpec(
+            model=str(model_dir),
+            served_model_name=spec.model_name,
+            gpu_type=spec.gpu,
+            num_gpus=spec.num_gpus,
+            max_batch_size=spec.max_batch_size,
+            device_indexes=self.device_indexes,
+            enable_lora=spec.lora.max_loras > 0,
+            max_loras=max(1, spec.lora.max_loras),
+            max_lora_rank=spec.lora.max_lora_rank,
+            extra_args=spec.extra_args,
+        )
+
+    # --- adapters -------------------------------------------------------------------------------------------------
+
+    async def _keep_adapters(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 10.0)  # and now and then: vLLM may have changed
+            self._wake.clear()
+            server, process = self.server, self.process
+            if server is None or process is None:
+                continue
+            try:
+                await self._reconcile_adapters(server, process)
+            except Exception:
+                log.exception("adapters of %s: reconcile failed; tried again later", self.instance_id)
+
+    async def _reconcile_adapters(self, server: VllmServer, process: str) -> None:
+        wanted = dict(self.wanted)
+        async with VllmClient(server.base_url) as client:
+            listed = listed_adapters(await client.model_cards())
+            plan = reconcile(
+                {name: adapter.artifact.sha256 for name, adapter in wanted.items()},
+                record=self.record,
+                listed=listed,
+                process=process,
+                slots=self.deployment.spec.lora.max_loras,
+            )
+            for action in plan.actions:
+                async with self.locks[action.name]:
+                    if isinstance(action, Load):
+                        await self._load(client, wanted[action.name], process)
+                    else:
+                        await client.unload_lora_adapter(action.name)
+                        self.record.pop(action.name, None)
+                        await self._report_adapter(action.name, AdapterLoadStatus.UNLOADED, reason=action.why)
+
+    async def _load(self, client: VllmClient, adapter: DeployedAdapter, process: str) -> None:
+        sha256 = adapter.artifact.sha256
+        if (adapter.name, sha256, process) in self.refused:
+            return
+        facts = deployment_facts(self.deployment.spec, self.architecture)
+        reasons = preflight(facts_of(adapter), facts).reasons
+        try:
+            if reasons:
+                raise LoraplaneError("; ".join(reasons))
+            cache = self.ctx.settings.node_cache
+            path = await asyncio.to_thread(fetch_adapter_files, self.ctx.s3, adapter.artifact, cache)
+            began = time.perf_counter()
+            await client.load_lora_adapter(adapter.name, path)
+        except LoraplaneError as exc:
+            self.refused.add((adapter.name, sha256, process))
+            await self._report_adapter(adapter.name, AdapterLoadStatus.FAILED, reason=str(exc))
+            return
+        log.info("%s: loaded %s in %.3fs", self.instance_id, adapter.name, time.perf_counter() - began)
+        self.record[adapter.name] = LoadedAdapter(sha256, process)
+        await self._report_adapter(adapter.name, AdapterLoadStatus.LOADED, sha256=sha256)
+
+    async def _report_adapter(self, name: str, status: AdapterLoadStatus, **fields: str) -> None:
+        report = ReportAdapter(
+            instance_id=self.instance_id, node_id=self.ctx.node_id, name=name, status=status, **fields
+        )
+        await self.ctx.report(self.deploy_id, report)
+
+
+class NodeAgent:
+    def __init__(self, ctx: NodeContext, devices: tuple[DeviceInfo, ...], send: Send) -> None:
+        self.ctx = ctx
+        self.devices = devices
+        self._send = send
+        self.state = AgentState({CLUSTER.name: CLUSTER, DEPLOYMENTS.name: DEPLOYMENTS})
+        self.follower = EventLogFollower(ctx.settings, self.state)
+        self.runners: dict[str, InstanceRunner] = {}
+
+    async def _cluster_command(self, payload: Payload) -> None:
+        await self._send(envelope_for(payload, aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self.follower.start()
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeats(stopping), name="heartbeats")
+        try:
+            await self._cluster_command(RegisterNode(node_id=self.ctx.node_id, devices=self.devices))
+            log.info("node %s registered %d device(s)", self.ctx.node_id, len(self.devices))
+            while not stopping.is_set():
+                await self.follower.catch_up()
+                await self.converge()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), POLL_S)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
+            self.runners.clear()
+            await self.follower.stop()
+
+    async def converge(self) -> None:
+        desired = instances_on(self.state, self.ctx.node_id)
+        for instance_id in sorted(set(self.runners) - set(desired)):
+            log.info("instance %s was released from this node; stopping it", instance_id)
+            await self.runners.pop(instance_id).stop()
+        for instance_id, instance in sorted(desired.items()):
+            runner = self.runners.get(instance_id)
+            if runner is None:
+                log.info("instance %s was placed on this node; starting it", instance_id)
+                runner = self.runners[instance_id] = InstanceRunner(self.ctx, instance)
+            runner.deployment = instance.deployment
+            runner.want(adapters_for(self.state, instance.deployment.deploy_id, instance_id))
+
+    async def _heartbeats(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self._cluster_command(NodeHeartbeat(node_id=self.ctx.node_id))
+            except Exception:
+                log.warning("could not send a heartbeat; trying again", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.ctx.settings.node_heartbeat_s)
