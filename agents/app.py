@@ -91,13 +91,17 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(max(1.0, settings.node_timeout_s / 4))
     async def _judge_nodes() -> None:
         """The worker that owns the cluster's partition judges node liveness (agents.node_liveness)."""
-        now = datetime.now(UTC)
-        owned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
-        liveness.ownership((COMMANDS.name, cluster_partition(COMMANDS.partitions)) in owned, now)
-        nodes = cluster_of(processor.state).placement.nodes
-        check = liveness.check([n.node_id for n in nodes.values() if not n.lost], now)
-        if check is not None:
-            await processor.send_command(envelope_for(check, aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR))
+        try:
+            now = datetime.now(UTC)
+            owned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+            liveness.ownership((COMMANDS.name, cluster_partition(COMMANDS.partitions)) in owned, now)
+            nodes = cluster_of(processor.state).placement.nodes
+            check = liveness.check([n.node_id for n in nodes.values() if not n.lost], now)
+            if check is not None:
+                await processor.send_command(envelope_for(check, aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR))
+        except Exception:
+            # A timer that raises stops the worker; the next tick judges again.
+            log.exception("judging node liveness failed")
 
     return app
 

@@ -95,6 +95,16 @@ class EventLogFollower:
                 self._fold(tp, records)
             behind = {tp for tp in behind if await consumer.position(tp) < targets[tp]}
 
+    async def read_more(self, timeout_s: float) -> int:
+        """Fold whatever arrives next, returning as soon as something does (or after `timeout_s`): for a process
+        that follows the log rather than deciding over it (the node agent). The number of records read."""
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        batches = await consumer.getmany(*self._partitions, timeout_ms=int(timeout_s * 1000))
+        for tp, records in batches.items():
+            self._fold(tp, records)
+        return sum(len(records) for records in batches.values())
+
     def _fold(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:
         for record in records:
             try:

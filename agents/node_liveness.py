@@ -10,7 +10,8 @@ The rule:
   when some node has been silent longer than the timeout. The cluster aggregate decides `node.dropped` (the event
   records the last-seen time it judged on) and re-places the node's instances in the same decision. A replay folds
   those events and judges nothing again, so no clock and no heartbeat is needed to reproduce the allocations.
-- A lost node's next heartbeat is a `node.rejoined` event, and the queue is placed on it.
+- A lost node's next heartbeat is a `node.rejoined` event, and the queue is placed on it. A registration counts as
+  a heartbeat: a node that joins after the owner took over is judged from its registration.
 
 Wired in agents/app.py: every command the worker reads passes `heard_message`, and a timer checks.
 """
@@ -22,10 +23,11 @@ from datetime import datetime
 
 from aiokafka.partitioner import murmur2
 
-from streams.cluster import CLUSTER_ID, CheckNodes, NodeHeartbeat
+from streams.cluster import CLUSTER_ID, CheckNodes, NodeHeartbeat, RegisterNode
 from streams.serialization import TYPE_HEADER, MessageDecodeError, decode
 
-HEARTBEAT_TYPE = b"node.heartbeat"
+# A registration is a sign of life too: a node registered after this owner took over is judged from then.
+SIGNS_OF_LIFE = frozenset({b"node.heartbeat", b"node.register"})
 
 
 def cluster_partition(partitions: int) -> int:
@@ -51,14 +53,15 @@ class NodeLiveness:
             self._last_seen[node_id] = at
 
     def heard_message(self, value: bytes | None, headers: Sequence[tuple[str, bytes]], at: datetime) -> None:
-        """Take a raw command off the topic; only heartbeats are read (by their type header, before decoding)."""
-        if (TYPE_HEADER, HEARTBEAT_TYPE) not in headers:
+        """Take a raw command off the topic; only heartbeats and registrations are read (by their type header,
+        before decoding)."""
+        if not any(key == TYPE_HEADER and value in SIGNS_OF_LIFE for key, value in headers):
             return
         try:
             payload = decode(value).payload
         except MessageDecodeError:
             return  # the processor dead-letters it
-        if isinstance(payload, NodeHeartbeat):
+        if isinstance(payload, NodeHeartbeat | RegisterNode):
             self.heard(payload.node_id, at)
 
     def check(self, live_nodes: Iterable[str], now: datetime) -> CheckNodes | None:

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     vllm_env_dir: Path = Field(
         Path.home() / ".cache" / "loraplane" / "vllm-env", validation_alias=_env("LORAPLANE_VLLM_ENV")
     )
+    # Build (or check) that environment when the node starts, rather than when the first instance needs it.
+    vllm_prepare: bool = Field(True, validation_alias=_env("LORAPLANE_VLLM_PREPARE"))
     vllm_ready_timeout_s: float = Field(900.0, gt=0, validation_alias=_env("LORAPLANE_VLLM_READY_TIMEOUT_S"))
     vllm_stop_grace_s: float = Field(8.0, gt=0, validation_alias=_env("LORAPLANE_VLLM_STOP_GRACE_S"))
     # A crashed vLLM is restarted after 2, 4, 8 ... s (at most vllm_restart_max_backoff_s), this many times in a row.

@@ -81,6 +81,8 @@ def start_stack(data_dir: Path, extra_env: dict[str, str] | None = None, timeout
         "LORAPLANE_API_PORT": str(free_port()),
         "LORAPLANE_BROKER_PORT": "0",
         "LORAPLANE_S3_PORT": "0",
+        # The node agent checks (on a fresh machine: builds) vLLM's environment when a deployment first needs it.
+        "LORAPLANE_VLLM_PREPARE": "false",
         **(extra_env or {}),
     }
     data_dir.mkdir(parents=True, exist_ok=True)

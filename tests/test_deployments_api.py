@@ -1,7 +1,8 @@
 """Seed 003 through the real stack: API -> deployment aggregate -> process manager -> cluster aggregate -> read model.
 
-No node agent runs in the test stack, so nodes are registered by sending `node.register` as a real command on the
-commands topic. Each test uses a GPU type of its own, so instances pending from one test never take another's node.
+The test stack's one node agent offers a `cpu` device (tests/test_deployments_e2e.py deploys on it); here, GPU nodes
+are registered by sending `node.register` as a real command on the commands topic, and never heartbeat. Each test
+uses a GPU type of its own, so instances pending from one test never take another's node.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def test_pending_with_the_reason_then_placed_when_a_node_registers(user: Api, ad
 
     # the decision is on the log, decided by the cluster aggregate, caused by the deployment's creation
     mine = [e for e in events(stack) if e["payload"].get("instance", {}).get("deploy_id") == deploy_id]
-    assert [e["type"] for e in mine] == ["instance.queued", "instance.placed"]
+    told = [(e["type"], e["payload"].get("reason"), e["payload"].get("node_id"), e["occurred_at"]) for e in mine]
+    assert [e["type"] for e in mine] == ["instance.queued", "instance.placed"], told
     assert all(e["aggregate_type"] == "cluster" and e["aggregate_id"] == CLUSTER_ID for e in mine)
     assert mine[1]["payload"]["node_id"] == node
 
@@ -116,7 +118,8 @@ def test_scale_and_delete_release_the_gpus(user: Api, admin: Api, stack: Stack) 
 
     got = wait_until(lambda: instances("pending", 3), message="three instances, one pending")
     states = sorted(i["status"] for i in got["instance_details"])
-    assert states == ["pending", "placed", "placed"]
+    cluster_events = [f"{e['type']} {e['payload']}" for e in events(stack) if "B300" in str(e["payload"])]
+    assert states == ["pending", "placed", "placed"], (got["instance_details"], cluster_events)
     assert got["fail_reason"] == "no node has 1 free B300-270GB GPU (all 2 in use)"
 
     assert (
@@ -247,3 +250,26 @@ def test_a_report_runs_it_and_a_silent_node_s_instance_moves(user: Api, admin: A
     )
     assert outcome["event_type"] == "instance.started"  # recorded on the log, and projected
     assert user.get(f"/deploy/{deploy_id}").json()["status"] == "deploying"
+
+
+def test_a_node_that_never_heartbeats_is_dropped_by_the_worker_and_its_instance_waits(
+    user: Api, admin: Api, stack: Stack
+) -> None:
+    node = node_id()
+    register_node(stack, node, DeployGpu.B200_180GB, 1)
+    wait_until(lambda: any(n["node_id"] == node for n in admin.get("/v2/nodes").json()["data"]), message="the node")
+    body = deploy(user, gpu="B200-180GB")
+    assert body["instance_details"][0]["node_id"] == node, body
+
+    def dropped() -> dict[str, Any] | None:
+        [listed] = [n for n in admin.get("/v2/nodes").json()["data"] if n["node_id"] == node]
+        return listed if listed["lost"] else None
+
+    # The stack's node timeout is 30 s (LORAPLANE_NODE_TIMEOUT_S); the worker checks every quarter of it.
+    listed = wait_until(dropped, timeout=90, interval=0.5, message="the silent node dropped")
+    assert "no heartbeat" in listed["lost_reason"]
+    got = user.get(f"/deploy/{body['deploy_id']}").json()
+    assert got["status"] == "pending" and got["fail_reason"] == "no node has any B200-180GB GPU", got
+    # The stack's own node agent heartbeats, so it is never dropped.
+    [agent] = [n for n in admin.get("/v2/nodes").json()["data"] if n["node_id"] == "test-cpu-node"]
+    assert not agent["lost"]

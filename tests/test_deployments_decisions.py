@@ -144,9 +144,12 @@ def test_liveness_judges_only_as_owner_and_only_after_a_full_timeout() -> None:
     other = command(DeleteDeployment())
     liveness.heard_message(encode(other), headers_for(other), t0 + timedelta(seconds=25))  # ignored
     assert liveness.check(["a", "b"], t0 + timedelta(seconds=30)) is None  # b counts from t0: not silent long enough
-    check = liveness.check(["a", "b"], t0 + timedelta(seconds=45))
+    # c registers later: its registration counts as seen, so it is not judged on the owner's start
+    joined = envelope_for(_register("c"), aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR)
+    liveness.heard_message(encode(joined), headers_for(joined), t0 + timedelta(seconds=40))
+    check = liveness.check(["a", "b", "c"], t0 + timedelta(seconds=45))
     assert isinstance(check, CheckNodes)
-    assert check.last_seen == {"a": t0 + timedelta(seconds=20), "b": t0}
+    assert check.last_seen == {"a": t0 + timedelta(seconds=20), "b": t0, "c": t0 + timedelta(seconds=40)}
     # the cluster decides on it: b is lost, a is not
     cluster = CLUSTER.decide(None, command(_register("a"), CLUSTER_ID))
     state = None

@@ -220,6 +220,30 @@ def test_undeploy_unloads_then_a_forced_delete_unloads_everywhere(user: Api, ser
     assert user.get("/api/v1/lora/e2e-lora-two").status_code == 404
 
 
+def test_an_empower_lora_of_the_base_model_is_served_at_once_with_its_active_deployment(
+    user: Api, stack: Any, hub_server: FakeHub, served: Served, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("auto")
+    base_dir = make_tiny_llama(root / "base")
+    directory = make_lora_adapter(base_dir, root / "auto", seed=4, base_model_name=BASE_REPO)
+    hub_server.repos["loraplane-tests/e2e-lora-auto"] = FakeRepo.single(files_of(directory))
+    body = {"model_source": "HF_HUB", "model_name": "loraplane-tests/e2e-lora-auto", "name": "e2e-lora-auto"}
+    answer = user.post("/api/v1/lora", json=body, params=WAIT)
+    assert answer.status_code == 200, answer.text
+    active = answer.json()["active_deployment"]
+    assert active is not None, answer.json()
+    assert active["deploy_id"] == served.deploy_id and active["base_model_name"] == BASE_REPO
+    assert active["model_name"] == "loraplane-tests/e2e-lora-auto" and active["model_source"] == "HF_HUB"
+    assert set(active) >= {"base_model_name", "created_at", "creator", "hf_revision", "model_name", "model_source"}
+    assert user.get("/api/v1/lora/e2e-lora-auto").json()["active_deployment"] == active
+
+    loaded = wait_until(
+        lambda: loaded_on(deployment(user, served.deploy_id), "e2e-lora-auto"), timeout=60, message="auto loaded"
+    )
+    assert len(loaded) == 1
+    assert completion(served.endpoint, "e2e-lora-auto") != completion(served.endpoint, SERVED)
+
+
 def test_deleting_the_deployment_stops_vllm(user: Api, served: Served) -> None:
     vllm = psutil.Process(vllm_pid(served.endpoint))
     tree = [vllm, *vllm.children(recursive=True)]

@@ -16,7 +16,7 @@ def test_up_uses_external_kafka_and_s3(tmp_path: Path) -> None:
         }
         consumer = start_stack(tmp_path / "consumer", extra_env=external)
         try:
-            assert set(consumer.pids()) == {"supervisor", "api", "worker"}
+            assert set(consumer.pids()) == {"supervisor", "api", "worker", "node"}
             assert consumer.env["KAFKA_BOOTSTRAP_SERVERS"] == external["KAFKA_BOOTSTRAP_SERVERS"]
             key = consumer.issue_key("admin", "external")
             name = f"ext-{uuid.uuid4().hex[:8]}"

@@ -32,7 +32,7 @@ from infra.errors import LoraplaneError
 from infra.node_cache import architecture_of, fetch_adapter_files, fetch_weights
 from infra.secrets import SecretBox
 from infra.settings import Settings
-from infra.vllm_process import CPU_ENV, VllmClient, VllmServer
+from infra.vllm_process import CPU_ENV, VllmApiError, VllmClient, VllmServer
 from streams.cluster import CLUSTER_ID, DeviceInfo, NodeHeartbeat, RegisterNode
 from streams.deployments import (
     AdapterLoadStatus,
@@ -233,7 +233,12 @@ class InstanceRunner:
                     if isinstance(action, Load):
                         await self._load(client, wanted[action.name], process)
                     else:
-                        await client.unload_lora_adapter(action.name)
+                        try:
+                            await client.unload_lora_adapter(action.name)
+                        except VllmApiError as exc:
+                            if exc.status != 404:
+                                raise
+                            # vLLM no longer holds it: that is what the unload wanted.
                         self.record.pop(action.name, None)
                         await self._report_adapter(action.name, AdapterLoadStatus.UNLOADED, reason=action.why)
 
@@ -284,10 +289,8 @@ class NodeAgent:
             await self._cluster_command(RegisterNode(node_id=self.ctx.node_id, devices=self.devices))
             log.info("node %s registered %d device(s)", self.ctx.node_id, len(self.devices))
             while not stopping.is_set():
-                await self.follower.catch_up()
                 await self.converge()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), POLL_S)
+                await self.follower.read_more(POLL_S)
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 
 import psutil
 
@@ -19,7 +22,7 @@ from infra.s3 import make_client
 from infra.secrets import open_secret_box
 from infra.settings import Settings
 from infra.telemetry import configure_tracing
-from infra.vllm_env import ensure_vllm_env
+from infra.vllm_env import VllmEnvError, env_python
 from streams.cluster import DeviceInfo
 from streams.envelope import Envelope
 from streams.topics import COMMANDS
@@ -47,7 +50,8 @@ def detect_devices(settings: Settings) -> list[DetectedGpu]:
 
 
 class VllmInterpreter:
-    """vLLM's interpreter: the setting, or an environment built once (in a thread, started at once, shared)."""
+    """vLLM's interpreter: the setting, or an environment built once by `python -m infra.vllm_env` in a child process
+    group of its own (its progress goes to this log; stopping the node stops the build with it)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -62,14 +66,42 @@ class VllmInterpreter:
         assert self._task is not None
         return await asyncio.shield(self._task)
 
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
     async def _resolve(self) -> str:
         if self._settings.vllm_python:
             return self._settings.vllm_python
         env_dir = self._settings.vllm_env_dir
         log.info("vLLM environment at %s: checking (the first build takes about 5 minutes)", env_dir)
-        env = await asyncio.to_thread(ensure_vllm_env, env_dir, progress=lambda line: log.info("vLLM env: %s", line))
-        log.info("vLLM %s ready at %s", env.vllm_version, env.python)
-        return str(env.python)
+        build = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "infra.vllm_env",
+            str(env_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        lines: list[str] = []
+        try:
+            assert build.stdout is not None
+            async for raw in build.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                lines = [*lines[-19:], line]
+                log.info("vLLM env: %s", line)
+            code = await build.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build.pid, signal.SIGKILL)
+            await build.wait()
+            raise
+        if code != 0:
+            raise VllmEnvError(f"building vLLM's environment at {env_dir} failed (exit code {code})", lines)
+        return str(env_python(env_dir))
 
 
 async def run_node(settings: Settings) -> None:
@@ -85,7 +117,8 @@ async def run_node(settings: Settings) -> None:
         await publish(producer, COMMANDS, command)
 
     interpreter = VllmInterpreter(settings)
-    interpreter.start()
+    if settings.vllm_prepare:
+        interpreter.start()
     ctx = NodeContext(settings, node_id, send, make_client(settings), open_secret_box(settings), interpreter)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,6 +127,7 @@ async def run_node(settings: Settings) -> None:
     try:
         await NodeAgent(ctx, devices, send).run(stopping)
     finally:
+        await interpreter.stop()
         await stop_quietly(producer)
         log.info("node %s stopped", node_id)
 

@@ -1,0 +1,193 @@
+"""Adapter load benchmark: from the adapter command to the adapter answering a request, against vLLM's own
+`/v1/load_lora_adapter` on the same instance.
+
+Run `python bench/adapter_load.py`. It starts a fake Hugging Face Hub holding a tiny Llama and LoRAs made here,
+a stack (`loraplane up` on free ports in a temporary directory, with its CPU node agent), registers the LoRAs
+through the Empower API (so they are stored in S3), deploys the tiny Llama on `cpu` and waits for it to run. Then,
+for each LoRA, in one run:
+  1. pipeline: `POST /deploy/lora?wait=0` (API -> command -> deployment aggregate -> event -> node agent -> S3 fetch
+     with sha256 check -> pre-flight -> load), polling `/v1/completions` with the LoRA's name until it answers;
+  2. S3 fetch: the same files fetched from the stack's S3 with the minio SDK (what the node does before loading);
+  3. raw: `/v1/load_lora_adapter` from a local copy on the same vLLM, then the first completion.
+Each LoRA is a new one (the node has not cached it), and is undeployed again after its round to free the slot.
+Goal: pipeline <= 2 x raw + S3 fetch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from infra.node_cache import fetch_adapter_files
+from infra.s3 import make_client
+from infra.settings import Settings
+from infra.vllm_process import VllmApiError, VllmClient
+from streams.artifacts import Artifact, StoredFile, blob_key
+from tests.fake_hub import FakeHub, FakeRepo
+from tests.support import start_stack, stop_stack
+from tests.tiny_llama import make_lora_adapter, make_tiny_llama
+
+BASE_REPO = "bench/tiny-llama"
+SERVED = "tiny-llama"
+PROMPT = "The quick brown fox"
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+async def answer_when_served(client: VllmClient, name: str) -> None:
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            await client.completion(name, PROMPT, 4)
+            return
+        except VllmApiError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.005)
+
+
+async def rounds(
+    api: httpx.AsyncClient,
+    endpoint: str,
+    deploy_id: str,
+    loras: list[tuple[str, Path]],
+    s3: Any,
+    bucket: str,
+    work: Path,
+) -> list[tuple[float, float, float]]:
+    out = []
+    async with VllmClient(endpoint) as vllm:
+        for name, directory in loras:
+            began = time.perf_counter()
+            answer = await api.post(
+                "/deploy/lora", params={"wait": 0}, json={"deploy_id": deploy_id, "lora_name": name}
+            )
+            if answer.status_code not in (200, 202):
+                raise SystemExit(f"POST /deploy/lora answered {answer.status_code}: {answer.text[:500]}")
+            await answer_when_served(vllm, name)
+            pipeline = time.perf_counter() - began
+            undeployed = await api.delete(f"/deploy/{deploy_id}/lora/{name}", params={"wait": 30})
+            if undeployed.status_code != 204:
+                raise SystemExit(f"undeploy answered {undeployed.status_code}: {undeployed.text[:500]}")
+
+            artifact = stored_artifact(directory, bucket)
+            began = time.perf_counter()
+            await asyncio.to_thread(fetch_adapter_files, s3, artifact, work / f"fetch-{name}")
+            fetch = time.perf_counter() - began
+
+            raw_name = f"raw-{name}"
+            began = time.perf_counter()
+            await vllm.load_lora_adapter(raw_name, directory)
+            await vllm.completion(raw_name, PROMPT, 4)
+            raw = time.perf_counter() - began
+            await vllm.unload_lora_adapter(raw_name)
+            out.append((pipeline, fetch, raw))
+            print(
+                f"{name}: pipeline {pipeline * 1000:7.1f} ms  S3 fetch {fetch * 1000:6.1f} ms  raw {raw * 1000:6.1f} ms"
+            )
+    return out
+
+
+def stored_artifact(directory: Path, bucket: str) -> Artifact:
+    """The artifact the registry stored for the LoRA in `directory`: its files are content-addressed in S3."""
+    files = []
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        data = (directory / name).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        files.append(StoredFile(path=name, key=blob_key(sha), sha256=sha, size=len(data)))
+    weights = files[1]
+    return Artifact(
+        bucket=bucket,
+        files=tuple(files),
+        sha256=weights.sha256,
+        size=weights.size,
+        total_size=sum(f.size for f in files),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loras", type=int, default=5, help="LoRAs to load, one round each")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loraplane-bench-") as tmp:
+        work = Path(tmp)
+        base = make_tiny_llama(work / "base")
+        repos = {BASE_REPO: FakeRepo.single(files_of(base))}
+        loras = []
+        for i in range(args.loras):
+            name = f"bench-lora-{i}"
+            directory = make_lora_adapter(base, work / name, seed=i + 1, base_model_name=BASE_REPO)
+            repos[f"bench/{name}"] = FakeRepo.single(files_of(directory))
+            loras.append((name, directory))
+        with FakeHub(repos) as hub:
+            stack = start_stack(
+                work / "stack",
+                extra_env={
+                    "HF_ENDPOINT": hub.url,
+                    "LORAPLANE_NODE_ID": "bench-node",
+                    "LORAPLANE_NODE_DEVICES": "cpu:1",
+                },
+            )
+            try:
+                results = asyncio.run(_run(stack, loras, work))
+            finally:
+                stop_stack(stack)
+    pipeline = statistics.median(r[0] for r in results)
+    fetch = statistics.median(r[1] for r in results)
+    raw = statistics.median(r[2] for r in results)
+    print(f"median over {len(results)} LoRAs:")
+    print(f"  pipeline {pipeline * 1000:.1f} ms, S3 fetch {fetch * 1000:.1f} ms, raw {raw * 1000:.1f} ms")
+    print(f"  pipeline / raw: {pipeline / raw:.2f}")
+    print(f"  pipeline / (2 x raw + S3 fetch): {pipeline / (2 * raw + fetch):.2f}")
+    print("goal: pipeline <= 2 x raw + S3 fetch (the second ratio <= 1.00)")
+
+
+async def _run(stack: Any, loras: list[tuple[str, Path]], work: Path) -> list[tuple[float, float, float]]:
+    key = stack.issue_key("admin", "bench")
+    env = stack.cli_env()
+    s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=120) as api:
+        for name, _ in loras:
+            body = {"model_source": "HF_HUB", "model_name": f"bench/{name}", "name": name}
+            answer = await api.post("/api/v1/lora", params={"wait": 60}, json=body)
+            if answer.status_code != 200:
+                raise SystemExit(f"registering {name} answered {answer.status_code}: {answer.text[:500]}")
+        deploy = {
+            "model_name": SERVED,
+            "gpu": "cpu",
+            "max_batch_size": 4,
+            "hf": {"repo": BASE_REPO},
+            "extra_args": ["--dtype", "float32", "--max-model-len", "256", "--seed", "0"],
+            "lora": {"max_loras": 2, "max_lora_rank": 8},
+        }
+        answer = await api.post("/deploy/llm", params={"wait": 20}, json=deploy)
+        deploy_id = answer.json()["deploy_id"]
+        began = time.monotonic()
+        while True:
+            body = (await api.get(f"/deploy/{deploy_id}")).json()
+            if body["status"] == "running":
+                break
+            if body["status"] == "failed" or time.monotonic() - began > 900:
+                raise SystemExit(f"the deployment did not run: {body['fail_reason']}")
+            await asyncio.sleep(1)
+        print(f"deployment running in {time.monotonic() - began:.0f}s")
+        endpoint = body["instance_details"][0]["endpoint"]
+        return await rounds(api, endpoint, deploy_id, loras, s3, env.get("S3_BUCKET", "loraplane"), work)
+
+
+if __name__ == "__main__":
+    main()
