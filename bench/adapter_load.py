@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from infra.settings import Settings
 from infra.vllm_process import VllmApiError, VllmClient
 from streams.artifacts import Artifact, StoredFile, blob_key
 from tests.fake_hub import FakeHub, FakeRepo
-from tests.support import start_stack, stop_stack
+from tests.support import events, start_stack, stop_stack
 from tests.tiny_llama import make_lora_adapter, make_tiny_llama
 
 BASE_REPO = "bench/tiny-llama"
@@ -67,11 +68,13 @@ async def rounds(
     s3: Any,
     bucket: str,
     work: Path,
+    sent_at: dict[str, datetime],
 ) -> list[tuple[float, float, float]]:
     out = []
     async with VllmClient(endpoint) as vllm:
         for name, directory in loras:
             began = time.perf_counter()
+            sent_at[name] = datetime.now(UTC)
             answer = await api.post(
                 "/deploy/lora", params={"wait": 0}, json={"deploy_id": deploy_id, "lora_name": name}
             )
@@ -118,6 +121,25 @@ def stored_artifact(directory: Path, bucket: str) -> Artifact:
     )
 
 
+def print_hops(stack: Any, sent_at: dict[str, datetime]) -> None:
+    """Where the pipeline's time goes: the API's POST (wall clock here), the deployment aggregate's decision (its
+    event's time, in the worker) and the node agent's log line once vLLM loaded it."""
+    attached: dict[str, datetime] = {}
+    for event in events(stack):
+        if event["type"] == "deployment.adapter_attached":
+            attached.setdefault(event["payload"]["adapter"]["name"], datetime.fromisoformat(event["occurred_at"]))
+    loaded: dict[str, datetime] = {}
+    for line in (stack.data_dir / "logs" / "node.log").read_text().splitlines():
+        if ": loaded bench-lora-" in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+            loaded.setdefault(line.split(": loaded ", 1)[1].split()[0], stamp)
+    for name, sent in sorted(sent_at.items()):
+        if name in attached and name in loaded:
+            decided = (attached[name] - sent).total_seconds() * 1000
+            on_node = (loaded[name] - attached[name]).total_seconds() * 1000
+            print(f"{name}: POST -> decided {decided:6.1f} ms, decided -> loaded on the node {on_node:6.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loras", type=int, default=5, help="LoRAs to load, one round each")
@@ -142,7 +164,9 @@ def main() -> None:
                 },
             )
             try:
-                results = asyncio.run(_run(stack, loras, work))
+                sent_at: dict[str, datetime] = {}
+                results = asyncio.run(_run(stack, loras, work, sent_at))
+                print_hops(stack, sent_at)
             finally:
                 stop_stack(stack)
     pipeline = statistics.median(r[0] for r in results)
@@ -155,7 +179,9 @@ def main() -> None:
     print("goal: pipeline <= 2 x raw + S3 fetch (the second ratio <= 1.00)")
 
 
-async def _run(stack: Any, loras: list[tuple[str, Path]], work: Path) -> list[tuple[float, float, float]]:
+async def _run(
+    stack: Any, loras: list[tuple[str, Path]], work: Path, sent_at: dict[str, datetime]
+) -> list[tuple[float, float, float]]:
     key = stack.issue_key("admin", "bench")
     env = stack.cli_env()
     s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
@@ -186,7 +212,7 @@ async def _run(stack: Any, loras: list[tuple[str, Path]], work: Path) -> list[tu
             await asyncio.sleep(1)
         print(f"deployment running in {time.monotonic() - began:.0f}s")
         endpoint = body["instance_details"][0]["endpoint"]
-        return await rounds(api, endpoint, deploy_id, loras, s3, env.get("S3_BUCKET", "loraplane"), work)
+        return await rounds(api, endpoint, deploy_id, loras, s3, env.get("S3_BUCKET", "loraplane"), work, sent_at)
 
 
 if __name__ == "__main__":
