@@ -6,12 +6,11 @@ redelivered event attaches nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 
 from agents.adapters import Adapter
+from agents.background_sends import BackgroundSends, Send
 from agents.deployments import Deployment, adapter_problems
 from agents.node.lora_preflight import base_model_key, deployment_facts
 from agents.state import AgentState
@@ -24,7 +23,6 @@ from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Envelope], Awaitable[None]]
 _IDS = uuid.UUID("6f1d2c3b-9a84-4e51-b7c2-5d0e8f3a1c27")
 
 
@@ -72,9 +70,8 @@ class AdapterDeployments:
     """An Observer of the command processor (agents.processor.Observer)."""
 
     def __init__(self, send: Send) -> None:
-        self._send = send
+        self._sends = BackgroundSends(send, "serve adapter")
         self._state: AgentState | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def started(self, state: AgentState) -> None:
         self._state = state
@@ -92,15 +89,7 @@ class AdapterDeployments:
                 causation_id=event.id,
                 traceparent=event.traceparent,
             )
-            task = asyncio.get_running_loop().create_task(self._send_logged(command))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send_logged(self, command: Envelope) -> None:
-        try:
-            await self._send(command)
-        except Exception:
-            log.exception("could not ask %s to serve an adapter", command.aggregate_id)
+            self._sends.send(command)
 
     async def stop(self) -> None:
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._sends.stop()

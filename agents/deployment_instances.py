@@ -8,12 +8,11 @@ request loses nothing. Requests are declarative (a total, not a delta): sending 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from agents.background_sends import BackgroundSends, Send
 from agents.cluster import Cluster
 from agents.deployments import Deployment
 from agents.state import AgentState
@@ -25,7 +24,6 @@ from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Envelope], Awaitable[None]]
 _IDS = uuid.UUID("0b7f6a55-3c1e-4d8e-8a39-2f0e7c9d4a61")
 
 
@@ -58,9 +56,8 @@ class DeploymentInstances:
     """An Observer of the command processor (agents.processor.Observer)."""
 
     def __init__(self, send: Send) -> None:
-        self._send = send
+        self._sends = BackgroundSends(send, "instances")
         self._state: AgentState | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def started(self, state: AgentState) -> None:
         self._state = state
@@ -94,16 +91,7 @@ class DeploymentInstances:
             causation_id=cause.id if cause is not None else None,
             traceparent=cause.traceparent if cause is not None else None,
         )
-        task = asyncio.get_running_loop().create_task(self._send_logged(command), name=f"instances {command_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send_logged(self, command: Envelope) -> None:
-        try:
-            await self._send(command)
-        except Exception:
-            # The next start's reconcile asks again.
-            log.exception("could not send %s for %s", command.type, command.payload)
+        self._sends.send(command)
 
     async def stop(self) -> None:
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._sends.stop()

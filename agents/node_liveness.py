@@ -53,9 +53,10 @@ class NodeLiveness:
             self._last_seen[node_id] = at
 
     def heard_message(self, value: bytes | None, headers: Sequence[tuple[str, bytes]], at: datetime) -> None:
-        """Take a raw command off the topic; only heartbeats and registrations are read (by their type header,
-        before decoding)."""
-        if not any(key == TYPE_HEADER and value in SIGNS_OF_LIFE for key, value in headers):
+        """Take a raw command off the topic. Heartbeats and registrations are read; other commands are passed over by
+        their type header, before decoding (a message without one is decoded to find out)."""
+        types = [v for k, v in headers if k == TYPE_HEADER]
+        if types and not any(t in SIGNS_OF_LIFE for t in types):
             return
         try:
             payload = decode(value).payload

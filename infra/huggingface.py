@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -108,7 +110,7 @@ def fetch_adapter(
     # gives none must not read what the operator's account can.
     auth: str | bool = token or False
     where = f"{repo_id}@{revision}" if revision else repo_id
-    try:
+    with _hub_errors(repo_id, revision, token):
         info = HfApi(endpoint=endpoint, token=auth, library_name="loraplane").model_info(
             repo_id, revision=revision, files_metadata=True, timeout=_TIMEOUT_S
         )
@@ -134,13 +136,6 @@ def fetch_adapter(
                 tqdm_class=_NoProgress,
             )
             files.append(_verify(Path(local), path, size, lfs_sha256, where))
-    except LoraplaneError:
-        raise
-    except Exception as exc:
-        translated = _translate(exc, repo_id, revision, token)
-        if translated is None:
-            raise
-        raise translated from None
     log.info("fetched %s (commit %s): %s", where, commit, ", ".join(f.path for f in files))
     return HfFetchResult(repo_id, revision, commit, tuple(files), _license(info, dest_dir / MODEL_CARD))
 
@@ -194,6 +189,20 @@ def _license(info: Any, readme: Path) -> str | None:
     if license_ == "other" and license_name:
         return str(license_name)
     return str(license_) if license_ else None
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None, token: str | None) -> Iterator[None]:
+    """Hub client errors raised inside become our own (`_translate`); ours and unknown ones pass as they are."""
+    try:
+        yield
+    except LoraplaneError:
+        raise
+    except Exception as exc:
+        translated = _translate(exc, repo_id, revision, token)
+        if translated is None:
+            raise
+        raise translated from None
 
 
 def _translate(exc: Exception, repo_id: str, revision: str | None, token: str | None) -> LoraplaneError | None:
@@ -258,7 +267,7 @@ def fetch_model(
     The directory is `cache_dir/<repo>/<commit>`, so one commit is downloaded once per node; a retry resumes. Raises
     our Hub errors (never naming the token)."""
     auth: str | bool = token or False
-    try:
+    with _hub_errors(repo_id, revision, token):
         info = HfApi(endpoint=endpoint, token=auth, library_name="loraplane").model_info(
             repo_id, revision=revision, timeout=_TIMEOUT_S
         )
@@ -278,13 +287,6 @@ def fetch_model(
             etag_timeout=_TIMEOUT_S,
             tqdm_class=_NoProgress,
         )
-    except LoraplaneError:
-        raise
-    except Exception as exc:
-        translated = _translate(exc, repo_id, revision, token)
-        if translated is None:
-            raise
-        raise translated from None
     if not (dest / "config.json").is_file():
         raise HubError(f"{repo_id}@{revision or commit} has no config.json: it is not a Transformers model")
     (dest / ".complete").touch()

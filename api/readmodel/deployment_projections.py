@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, update
+from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.readmodel.tables import (
@@ -60,6 +60,7 @@ async def _deployment_scaled(conn: AsyncConnection, event: Envelope) -> None:
 
 async def _deployment_deleted(conn: AsyncConnection, event: Envelope) -> None:
     await _update_deployment(conn, event, deleted=True)
+    await conn.execute(delete(instance_adapters).where(instance_adapters.c.deploy_id == event.aggregate_id))
 
 
 async def _instance_reported(conn: AsyncConnection, event: Envelope) -> None:
@@ -123,6 +124,12 @@ async def _adapter_reported(conn: AsyncConnection, event: Envelope) -> None:
     assert isinstance(payload, reports)
     where = and_(instance_adapters.c.instance_id == payload.instance_id, instance_adapters.c.name == payload.name)
     await conn.execute(delete(instance_adapters).where(where))
+    # Only facts of the deployment's own stream decide what is kept: the cluster's events (an instance released)
+    # sit on another partition, so their order against these differs between the live projection and a replay.
+    deleted = await conn.scalar(select(deployments.c.deleted).where(deployments.c.deploy_id == event.aggregate_id))
+    if deleted is not False:
+        await _update_deployment(conn, event)
+        return
     if isinstance(payload, deployment_events.AdapterLoaded):
         values: dict[str, Any] = {"state": "loaded", "sha256": payload.sha256, "reason": None}
     elif isinstance(payload, deployment_events.AdapterLoadFailed):
@@ -173,7 +180,6 @@ async def _instance_released(conn: AsyncConnection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstanceReleased)
     await conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == payload.instance_id))
-    await conn.execute(delete(instance_adapters).where(instance_adapters.c.instance_id == payload.instance_id))
 
 
 async def _node_registered(conn: AsyncConnection, event: Envelope) -> None:
