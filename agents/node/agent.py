@@ -28,7 +28,7 @@ from agents.node.lora_preflight import deployment_facts, facts_of, preflight
 from agents.node.reconcile import Load, LoadedAdapter, listed_adapters, reconcile
 from agents.node.vllm_args import InvalidVllmSpec, VllmSpec, build_vllm_command
 from agents.state import AgentState
-from infra.errors import LoraplaneError
+from infra.errors import LoraplaneError, TransientError
 from infra.node_cache import architecture_of, fetch_adapter_files, fetch_weights
 from infra.secrets import SecretBox
 from infra.settings import Settings
@@ -255,7 +255,10 @@ class InstanceRunner:
             path = await asyncio.to_thread(fetch_adapter_files, self.ctx.s3, adapter.artifact, cache)
             began = time.perf_counter()
             await client.load_lora_adapter(adapter.name, path)
+        except TransientError:
+            raise  # vLLM or S3 briefly away: the next reconcile (at the latest in 10 s) tries again
         except LoraplaneError as exc:
+            # Refused for good in this vLLM process: the same bytes would fail the same way.
             self.refused.add((adapter.name, sha256, process))
             await self._report_adapter(adapter.name, AdapterLoadStatus.FAILED, reason=str(exc))
             return
