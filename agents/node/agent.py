@@ -219,8 +219,11 @@ class InstanceRunner:
 
     async def _reconcile_adapters(self, server: VllmServer, process: str) -> None:
         wanted = dict(self.wanted)
+        began = time.perf_counter()
         async with VllmClient(server.base_url) as client:
             listed = listed_adapters(await client.model_cards())
+            took = time.perf_counter() - began
+            log.debug("%s: vLLM listed %d adapters in %.3fs", self.instance_id, len(listed), took)
             plan = reconcile(
                 {name: adapter.artifact.sha256 for name, adapter in wanted.items()},
                 record=self.record,
@@ -252,6 +255,7 @@ class InstanceRunner:
             if reasons:
                 raise LoraplaneError("; ".join(reasons))
             cache = self.ctx.settings.node_cache
+            fetch_began = time.perf_counter()
             path = await asyncio.to_thread(fetch_adapter_files, self.ctx.s3, adapter.artifact, cache)
             began = time.perf_counter()
             await client.load_lora_adapter(adapter.name, path)
@@ -262,7 +266,13 @@ class InstanceRunner:
             self.refused.add((adapter.name, sha256, process))
             await self._report_adapter(adapter.name, AdapterLoadStatus.FAILED, reason=str(exc))
             return
-        log.info("%s: loaded %s in %.3fs", self.instance_id, adapter.name, time.perf_counter() - began)
+        log.info(
+            "%s: loaded %s in %.3fs (its files from S3 or the node cache in %.3fs)",
+            self.instance_id,
+            adapter.name,
+            time.perf_counter() - began,
+            began - fetch_began,
+        )
         self.record[adapter.name] = LoadedAdapter(sha256, process)
         await self._report_adapter(adapter.name, AdapterLoadStatus.LOADED, sha256=sha256)
 
