@@ -129,15 +129,19 @@ def print_hops(stack: Any, sent_at: dict[str, datetime]) -> None:
         if event["type"] == "deployment.adapter_attached":
             attached.setdefault(event["payload"]["adapter"]["name"], datetime.fromisoformat(event["occurred_at"]))
     loaded: dict[str, datetime] = {}
+    said: dict[str, str] = {}
     for line in (stack.data_dir / "logs" / "node.log").read_text().splitlines():
         if ": loaded bench-lora-" in line:
             stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
-            loaded.setdefault(line.split(": loaded ", 1)[1].split()[0], stamp)
+            name, _, rest = line.split(": loaded ", 1)[1].partition(" ")
+            loaded.setdefault(name, stamp)
+            said.setdefault(name, rest)
     for name, sent in sorted(sent_at.items()):
         if name in attached and name in loaded:
             decided = (attached[name] - sent).total_seconds() * 1000
             on_node = (loaded[name] - attached[name]).total_seconds() * 1000
             print(f"{name}: POST -> decided {decided:6.1f} ms, decided -> loaded on the node {on_node:6.1f} ms")
+            print(f"    node: {said[name]}")
 
 
 def main() -> None:
