@@ -130,7 +130,11 @@ def print_hops(stack: Any, sent_at: dict[str, datetime]) -> None:
             attached.setdefault(event["payload"]["adapter"]["name"], datetime.fromisoformat(event["occurred_at"]))
     loaded: dict[str, datetime] = {}
     said: dict[str, str] = {}
+    heard: dict[str, datetime] = {}
     for line in (stack.data_dir / "logs" / "node.log").read_text().splitlines():
+        if ": should hold bench-lora-" in line:
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+            heard.setdefault(line.rsplit(" ", 1)[1], stamp)
         if ": loaded bench-lora-" in line:
             stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
             name, _, rest = line.split(": loaded ", 1)[1].partition(" ")
@@ -142,6 +146,8 @@ def print_hops(stack: Any, sent_at: dict[str, datetime]) -> None:
             on_node = (loaded[name] - attached[name]).total_seconds() * 1000
             print(f"{name}: POST -> decided {decided:6.1f} ms, decided -> loaded on the node {on_node:6.1f} ms")
             print(f"    node: {said[name]}")
+            if name in heard:
+                print(f"    decided -> the node knew: {(heard[name] - attached[name]).total_seconds() * 1000:6.1f} ms")
 
 
 def main() -> None:

@@ -94,7 +94,8 @@ class InstanceRunner:
         self.deployment = desired.deployment
         self.device_indexes = desired.device_indexes
         self.server: VllmServer | None = None
-        self.process: str | None = None  # this start of vLLM, for the adapter record
+        # While vLLM serves: an id of this start of it (for the adapter record), and the client that talks to it.
+        self.serving: tuple[str, VllmClient] | None = None
         self.architecture: str | None = None
         self.wanted: Mapping[str, DeployedAdapter] = {}
         self.record: dict[str, LoadedAdapter] = {}
@@ -115,6 +116,7 @@ class InstanceRunner:
             n: a.artifact.sha256 for n, a in self.wanted.items()
         }:
             self.wanted = dict(adapters)
+            log.info("%s: should hold %s", self.instance_id, ", ".join(sorted(adapters)) or "no adapter")
             self._wake.set()
 
     async def stop(self) -> None:
@@ -165,14 +167,18 @@ class InstanceRunner:
         except LoraplaneError as exc:
             self.server = None
             return str(exc), False
-        self.process = f"{server.pid}:{time.time_ns()}"
         self.architecture = architecture_of(model_dir)
         log.info("%s serves at %s (ready in %.0fs)", self.instance_id, server.base_url, seconds)
         await self._report(InstanceStatus.RUNNING, endpoint=server.base_url, architecture=self.architecture)
-        self._wake.set()
-        exited = await server.wait_exit()
+        # One client for this start of vLLM: making an httpx client costs tens of ms, on every adapter's path.
+        async with VllmClient(server.base_url) as client:
+            self.serving = (f"{server.pid}:{time.time_ns()}", client)
+            self._wake.set()
+            try:
+                exited = await server.wait_exit()
+            finally:
+                self.serving = None
         self.server = None
-        self.process = None
         return str(exited), True
 
     async def _weights(self) -> Path:
@@ -209,41 +215,40 @@ class InstanceRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 10.0)  # and now and then: vLLM may have changed
             self._wake.clear()
-            server, process = self.server, self.process
-            if server is None or process is None:
+            if self.serving is None:
                 continue
+            process, client = self.serving
             try:
-                await self._reconcile_adapters(server, process)
+                await self._reconcile_adapters(client, process)
             except Exception:
                 log.exception("adapters of %s: reconcile failed; tried again later", self.instance_id)
 
-    async def _reconcile_adapters(self, server: VllmServer, process: str) -> None:
+    async def _reconcile_adapters(self, client: VllmClient, process: str) -> None:
         wanted = dict(self.wanted)
         began = time.perf_counter()
-        async with VllmClient(server.base_url) as client:
-            listed = listed_adapters(await client.model_cards())
-            took = time.perf_counter() - began
-            log.debug("%s: vLLM listed %d adapters in %.3fs", self.instance_id, len(listed), took)
-            plan = reconcile(
-                {name: adapter.artifact.sha256 for name, adapter in wanted.items()},
-                record=self.record,
-                listed=listed,
-                process=process,
-                slots=self.deployment.spec.lora.max_loras,
-            )
-            for action in plan.actions:
-                async with self.locks[action.name]:
-                    if isinstance(action, Load):
-                        await self._load(client, wanted[action.name], process)
-                    else:
-                        try:
-                            await client.unload_lora_adapter(action.name)
-                        except VllmApiError as exc:
-                            if exc.status != 404:
-                                raise
-                            # vLLM no longer holds it: that is what the unload wanted.
-                        self.record.pop(action.name, None)
-                        await self._report_adapter(action.name, AdapterLoadStatus.UNLOADED, reason=action.why)
+        listed = listed_adapters(await client.model_cards())
+        took = time.perf_counter() - began
+        log.debug("%s: vLLM listed %d adapters in %.3fs", self.instance_id, len(listed), took)
+        plan = reconcile(
+            {name: adapter.artifact.sha256 for name, adapter in wanted.items()},
+            record=self.record,
+            listed=listed,
+            process=process,
+            slots=self.deployment.spec.lora.max_loras,
+        )
+        for action in plan.actions:
+            async with self.locks[action.name]:
+                if isinstance(action, Load):
+                    await self._load(client, wanted[action.name], process)
+                else:
+                    try:
+                        await client.unload_lora_adapter(action.name)
+                    except VllmApiError as exc:
+                        if exc.status != 404:
+                            raise
+                        # vLLM no longer holds it: that is what the unload wanted.
+                    self.record.pop(action.name, None)
+                    await self._report_adapter(action.name, AdapterLoadStatus.UNLOADED, reason=action.why)
 
     async def _load(self, client: VllmClient, adapter: DeployedAdapter, process: str) -> None:
         sha256 = adapter.artifact.sha256
