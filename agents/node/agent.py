@@ -28,7 +28,7 @@ from agents.node.lora_preflight import deployment_facts, facts_of, preflight
 from agents.node.reconcile import Load, LoadedAdapter, listed_adapters, reconcile
 from agents.node.vllm_args import InvalidVllmSpec, VllmSpec, build_vllm_command
 from agents.state import AgentState
-from infra.errors import LoraplaneError, TransientError
+from infra.errors import LoraplaneError, TransientError, is_retriable
 from infra.node_cache import architecture_of, fetch_adapter_files, fetch_weights
 from infra.secrets import SecretBox
 from infra.settings import Settings
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[Envelope], Awaitable[None]]
 POLL_S = 0.5
+REPORT_BACKOFF_LIMIT_S = 30.0
 
 
 def free_port() -> int:
@@ -78,11 +79,20 @@ class NodeContext:
         self._send = send
 
     async def report(self, deploy_id: str, payload: Payload) -> None:
+        """Send a report; while the broker is briefly away, again with backoff (one command id, so once applied)."""
         command = envelope_for(payload, aggregate_id=deploy_id, actor=SYSTEM_ACTOR, command_id=uuid.uuid4().hex)
-        try:
-            await self._send(command)
-        except Exception:
-            log.exception("could not report %s for %s", command.type, deploy_id)
+        backoff = 0.2
+        while True:
+            try:
+                await self._send(command)
+                return
+            except Exception as exc:
+                if not is_retriable(exc) or backoff > REPORT_BACKOFF_LIMIT_S:
+                    log.exception("could not report %s for %s", command.type, deploy_id)
+                    return
+                log.warning("reporting %s for %s: %s; again in %.1fs", command.type, deploy_id, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff *= 2
 
 
 class InstanceRunner:
