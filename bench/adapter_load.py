@@ -37,15 +37,11 @@ from infra.vllm_process import VllmApiError, VllmClient
 from streams.artifacts import Artifact, StoredFile, blob_key
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.support import events, start_stack, stop_stack
-from tests.tiny_llama import make_lora_adapter, make_tiny_llama
+from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 BASE_REPO = "bench/tiny-llama"
 SERVED = "tiny-llama"
 PROMPT = "The quick brown fox"
-
-
-def files_of(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
 async def answer_when_served(client: VllmClient, name: str) -> None:
@@ -202,15 +198,7 @@ async def _run(
             answer = await api.post("/api/v1/lora", params={"wait": 60}, json=body)
             if answer.status_code != 200:
                 raise SystemExit(f"registering {name} answered {answer.status_code}: {answer.text[:500]}")
-        deploy = {
-            "model_name": SERVED,
-            "gpu": "cpu",
-            "max_batch_size": 4,
-            "hf": {"repo": BASE_REPO},
-            "extra_args": ["--dtype", "float32", "--max-model-len", "256", "--seed", "0"],
-            "lora": {"max_loras": 2, "max_lora_rank": 8},
-        }
-        answer = await api.post("/deploy/llm", params={"wait": 20}, json=deploy)
+        answer = await api.post("/deploy/llm", params={"wait": 20}, json=cpu_deploy_body(SERVED, BASE_REPO))
         deploy_id = answer.json()["deploy_id"]
         began = time.monotonic()
         while True:

@@ -22,7 +22,7 @@ import pytest
 from infra.vllm_process import VllmApiError, VllmClient
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.support import Api, wait_until
-from tests.tiny_llama import make_lora_adapter, make_tiny_llama
+from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
@@ -38,10 +38,6 @@ class Served:
     deploy_id: str
     endpoint: str
     adapters: dict[str, str]  # LoRA name -> its completion, seen on the first load
-
-
-def files_of(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
 def completion(endpoint: str, model: str) -> str:
@@ -102,18 +98,7 @@ def served(
             make_lora_adapter(base, root / name, seed=seed, rank=rank, base_model_name=BASE_REPO),
         )
     user = Api(stack, user_key)
-    answer = user.post(
-        "/deploy/llm",
-        params={"wait": 20},
-        json={
-            "model_name": SERVED,
-            "gpu": "cpu",
-            "max_batch_size": 4,
-            "hf": {"repo": BASE_REPO},
-            "extra_args": ["--dtype", "float32", "--max-model-len", "256", "--seed", "0"],
-            "lora": {"max_loras": 2, "max_lora_rank": 8},
-        },
-    )
+    answer = user.post("/deploy/llm", params={"wait": 20}, json=cpu_deploy_body(SERVED, BASE_REPO))
     assert answer.status_code == 200, answer.text
     deploy_id = answer.json()["deploy_id"]
 

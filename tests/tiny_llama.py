@@ -11,6 +11,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Rank 8 is one of the ranks vLLM's --max-lora-rank accepts.
 ADAPTER_RANK = 8
@@ -112,3 +113,21 @@ def make_lora_adapter(
     peft_model.save_pretrained(str(dest), save_embedding_layers=False)
     (dest / DONE).write_text(json.dumps({"seed": seed, "rank": rank}) + "\n")
     return dest
+
+
+def files_of(directory: Path) -> dict[str, bytes]:
+    """The top-level files of a model or adapter directory, as a Hub repository (tests/fake_hub.py) serves them."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def cpu_deploy_body(served_name: str, repo: str) -> dict[str, Any]:
+    """A `POST /deploy/llm` body that serves the tiny Llama of `repo` on a CPU node: float32 (the CPU build), a short
+    context, and two adapter slots of rank 8."""
+    return {
+        "model_name": served_name,
+        "gpu": "cpu",
+        "max_batch_size": 4,
+        "hf": {"repo": repo},
+        "extra_args": ["--dtype", "float32", "--max-model-len", "256", "--seed", "0"],
+        "lora": {"max_loras": 2, "max_lora_rank": ADAPTER_RANK},
+    }
