@@ -273,3 +273,31 @@ def test_a_node_that_never_heartbeats_is_dropped_by_the_worker_and_its_instance_
     # The stack's own node agent heartbeats, so it is never dropped.
     [agent] = [n for n in admin.get("/v2/nodes").json()["data"] if n["node_id"] == "test-cpu-node"]
     assert not agent["lost"]
+
+
+def test_serving_a_lora_refuses_bad_input_with_the_field(user: Api) -> None:
+    body = deploy(user, gpu="A100-80GB")  # pending: no node has one
+    deploy_id = body["deploy_id"]
+
+    def refused(answer: Any, status: int, loc: list[str]) -> str:
+        assert answer.status_code == status, answer.text
+        [detail] = answer.json()["detail"]
+        assert detail["loc"] == loc, detail
+        return str(detail["msg"])
+
+    missing = user.post("/deploy/lora", json={"deploy_id": deploy_id})
+    refused(missing, 422, ["body", "lora_name"])
+    nowhere = user.post("/deploy/lora", json={"deploy_id": "no-such-deploy", "lora_name": "x"})
+    assert "does not exist" in refused(nowhere, 404, ["body", "deploy_id"])
+    unknown = user.post("/deploy/lora", json={"deploy_id": deploy_id, "lora_name": f"nothing-{uuid.uuid4().hex}"})
+    assert "does not exist" in refused(unknown, 404, ["body", "lora_name"])
+    not_served = user.delete(f"/deploy/{deploy_id}/lora/unserved", params=WAIT)
+    assert "does not serve" in refused(not_served, 404, ["path", "lora_name"])
+
+    check = user.post("/api/v1/lora/anything/check", json={"deploy_id": "no-such-deploy"})
+    refused(check, 404, ["body", "deploy_id"])
+    wrong = user.post("/api/v1/lora/anything/inspect", json={"deploy_id": deploy_id})
+    assert "/check" in refused(wrong, 404, ["path"])
+    bad_rank = user.post("/deploy/llm", json={"model_name": "m", "gpu": "cpu", "lora": {"max_lora_rank": 12}})
+    assert "max_lora_rank must be one of" in refused(bad_rank, 422, ["body", "lora"])
+    assert user.delete(f"/deploy/{deploy_id}", params=WAIT).status_code == 204
