@@ -12,12 +12,11 @@ import uuid
 from agents.adapters import Adapter
 from agents.background_sends import BackgroundSends, Send
 from agents.deployments import Deployment, adapter_problems
-from agents.node.lora_preflight import base_model_key, deployment_facts
 from agents.state import AgentState
 from streams import deployments
 from streams.adapters import AGGREGATE as ADAPTERS
 from streams.adapters import DEFAULT_WORKSPACE, AdapterApi, AdapterStored
-from streams.deployments import AttachAdapter, DeployedAdapter
+from streams.deployments import AttachAdapter, DeployedAdapter, base_model_key
 from streams.envelope import Envelope
 from streams.serialization import envelope_for
 
@@ -57,7 +56,7 @@ def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedA
         deployment = entry.value
         if aggregate_type != deployments.AGGREGATE or not isinstance(deployment, Deployment) or deployment.deleted:
             continue
-        if base_model_key(deployment_facts(deployment.spec, None).base_model) != base_model_key(base):
+        if base_model_key(deployment.spec.base_model_name) != base_model_key(base):
             continue
         if problems := adapter_problems(deployment, served):
             log.info("%s is not served on %s: %s", served.name, deploy_id, "; ".join(problems))

@@ -19,12 +19,14 @@ from streams.deployments import (
     MAX_NUM_GPUS,
     VLLM_LORA_RANKS,
     AdapterAttached,
+    AdapterChecked,
     AdapterDetached,
     AdapterLoaded,
     AdapterLoadFailed,
     AdapterLoadStatus,
     AdapterUnloaded,
     AttachAdapter,
+    CheckAdapter,
     CreateDeployment,
     DeleteDeployment,
     DeployedAdapter,
@@ -121,6 +123,18 @@ def decide(current: Deployment | None, command: Envelope) -> Sequence[Payload]:
                 field="lora_name",
             )
         return [AdapterAttached(adapter=payload.adapter)]
+    if isinstance(payload, CheckAdapter):
+        checked = payload.adapter
+        reasons = adapter_problems(current, checked)
+        return [
+            AdapterChecked(
+                name=checked.name,
+                adapter_id=checked.adapter_id,
+                version=checked.version,
+                compatible=not reasons,
+                reasons=reasons,
+            )
+        ]
     if isinstance(payload, DetachAdapter):
         if payload.name not in current.adapters:
             raise Rejected(RejectionCode.NOT_FOUND, f"{current.deploy_id} does not serve {payload.name!r}")

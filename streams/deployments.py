@@ -67,6 +67,11 @@ class LoraSettings(Frozen):
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
 
 
+def base_model_key(name: str) -> str:
+    """A model name as compared with another: without case, revision (`repo@rev`) or surrounding slashes."""
+    return name.strip().split("@", 1)[0].strip("/").lower()
+
+
 class DeploymentSpec(Frozen):
     """What the caller asked for. Plain ints and strings: the agent re-checks ranges and answers with reasons."""
 
@@ -79,6 +84,11 @@ class DeploymentSpec(Frozen):
     settings: ScaleSettings = ScaleSettings()
     extra_args: tuple[str, ...] = ()
     lora: LoraSettings = LoraSettings()
+
+    @property
+    def base_model_name(self) -> str:
+        """The model its adapters must have been trained on: `base_model`, else the weights' repo, else the name."""
+        return self.base_model or (self.weights.repo if self.weights else self.model_name)
 
 
 class InstanceStatus(StrEnum):
@@ -186,6 +196,24 @@ class AttachAdapter(Payload):
 @event("deployment.adapter_attached", aggregate_type=AGGREGATE)
 class AdapterAttached(Payload):
     adapter: DeployedAdapter
+
+
+@command("deployment.check_adapter", aggregate_type=AGGREGATE)
+class CheckAdapter(Payload):
+    """Pre-flight only: would the deployment's instances serve the adapter? Answered by `adapter_checked`."""
+
+    adapter: DeployedAdapter
+
+
+@event("deployment.adapter_checked", aggregate_type=AGGREGATE)
+class AdapterChecked(Payload):
+    """The pre-flight verdict, with every reason; it changes nothing of the deployment."""
+
+    name: str
+    adapter_id: str
+    version: int
+    compatible: bool
+    reasons: tuple[str, ...] = ()
 
 
 @command("deployment.detach_adapter", aggregate_type=AGGREGATE)

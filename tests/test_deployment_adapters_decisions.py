@@ -16,12 +16,14 @@ from streams.artifacts import Analysis, Artifact, StoredFile
 from streams.cluster import CLUSTER_ID, DeviceInfo, RegisterNode, RequestInstances
 from streams.deployments import (
     AdapterAttached,
+    AdapterChecked,
     AdapterDetached,
     AdapterLoaded,
     AdapterLoadFailed,
     AdapterLoadStatus,
     AdapterUnloaded,
     AttachAdapter,
+    CheckAdapter,
     CreateDeployment,
     DeployedAdapter,
     DeployGpu,
@@ -166,3 +168,15 @@ def test_each_instance_of_a_node_gets_its_share_of_the_adapters_by_slots() -> No
     )
     assert set(adapters_for(state, "d1", other)) == {"one"}
     assert instances_on(state, "nobody") == {}
+
+
+def test_a_check_records_the_verdict_with_every_reason_and_changes_nothing() -> None:
+    state = new_state()
+    decide_all(state, "d1", CreateDeployment(spec=SPEC))
+    before = deployment(state)
+    [ok] = decide_all(state, "d1", CheckAdapter(adapter=adapter("one")))
+    assert ok == AdapterChecked(name="one", adapter_id="default/one", version=1, compatible=True, reasons=())
+    [refused] = decide_all(state, "d1", CheckAdapter(adapter=adapter("wide", rank=16, base="org/other")))
+    assert isinstance(refused, AdapterChecked) and not refused.compatible
+    assert len(refused.reasons) == 2 and "rank 16" in refused.reasons[0] and "org/other" in refused.reasons[1]
+    assert deployment(state) == before

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from streams.deployments import DeployedAdapter, DeploymentSpec
+from streams.deployments import DeployedAdapter, DeploymentSpec, base_model_key
 
 _DECODER_LINEAR = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 # LoRA-capable modules per architecture family, as adapter target names. vLLM's Llama (which also serves Mistral)
@@ -74,11 +74,6 @@ def preflight(adapter: AdapterFacts, instance: InstanceFacts) -> Verdict:
 
 def architecture_family(architecture: str) -> str:
     return architecture.strip().lower().removesuffix("forcausallm")
-
-
-def base_model_key(name: str) -> str:
-    """A model name compared without case, revision (`repo@rev`) or surrounding slashes."""
-    return name.strip().split("@", 1)[0].strip("/").lower()
 
 
 def _slots(instance: InstanceFacts) -> list[str]:
@@ -172,9 +167,8 @@ def facts_of(adapter: DeployedAdapter) -> AdapterFacts:
 
 def deployment_facts(spec: DeploymentSpec, architecture: str | None) -> InstanceFacts:
     """What every instance of a deployment is: they all start from the same spec."""
-    base = spec.base_model or (spec.weights.repo if spec.weights else spec.model_name)
     return InstanceFacts(
-        base_model=base,
+        base_model=spec.base_model_name,
         architecture=architecture,
         max_lora_rank=spec.lora.max_lora_rank,
         max_loras=spec.lora.max_loras,

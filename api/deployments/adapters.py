@@ -1,7 +1,7 @@
 """Adapters on deployments: serve a registered LoRA on a deployment, stop serving it, and the pre-flight check.
 
-The check runs the same pure function the deployment aggregate runs before it accepts an adapter
-(`agents.node.lora_preflight`), over the read model's copy of the adapter's analysis and the deployment's spec.
+The check is a command too (`deployment.check_adapter`): the deployment aggregate judges it with the same pre-flight
+it runs before it serves an adapter, and records the verdict (`deployment.adapter_checked`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from agents.node.lora_preflight import base_model_key, deployment_facts, facts_of, preflight
 from api.auth import Principal
 from api.commands import CommandBus
 from api.deployments.answers import deploy_answer
@@ -27,6 +26,7 @@ from streams.artifacts import Analysis, Artifact
 from streams.envelope import Actor
 
 Row = dict[str, Any]
+CHECK_WAIT_S = 10.0  # the check is a question: it waits for its answer unless told otherwise
 
 
 async def _adapter_version(state: State, lora_name: str, version: int | None, loc: list[str]) -> tuple[str, Row]:
@@ -48,8 +48,8 @@ async def _adapter_version(state: State, lora_name: str, version: int | None, lo
 
 def serves_base_model(spec: Row, base_model: str) -> bool:
     """Whether a deployment (its spec as the read model keeps it) serves `base_model`, as the agents compare them."""
-    facts = deployment_facts(contract.DeploymentSpec.model_validate(spec), None)
-    return base_model_key(facts.base_model) == base_model_key(base_model)
+    served = contract.DeploymentSpec.model_validate(spec).base_model_name
+    return contract.base_model_key(served) == contract.base_model_key(base_model)
 
 
 def deployed_adapter(served_name: str, workspace: str, row: Row) -> contract.DeployedAdapter:
@@ -166,23 +166,38 @@ async def release_before_delete(
     status_code=200,
     summary="POST /api/v1/lora/{name}/check: can a deployment serve this LoRA, and every reason it cannot",
 )
-async def check_lora(name: FromPath[str], data: JSONBody[LoraCheckIn], state: State) -> LoraCheck:
+async def check_lora(
+    name: FromPath[str],
+    data: JSONBody[LoraCheckIn],
+    request: Request[Principal, str, State],
+    bus: NamedDependency[CommandBus],
+    state: State,
+    wait: Wait = CHECK_WAIT_S,
+) -> Response[Any]:
+    """Answers once the deployment aggregate has judged (it runs the same check before it serves a LoRA, over what
+    the instances reported, their architecture too); a 202 with the command if `wait` runs out first."""
     # Empower's names may hold a slash (org/repo) and GET/DELETE take them as a `path` parameter, beside which
     # Litestar cannot route `{name}/check`: this route takes the whole path and wants it to end in /check.
     lora, _, action = name.lstrip("/").rpartition("/")
     if action != "check" or not lora:
         raise NotFound(f"no route POST /api/v1/lora{name}; did you mean /api/v1/lora/{{name}}/check?", loc=["path"])
-    found = await _live_deployment(state, data.deploy_id, ["body", "deploy_id"])
+    budget = bus.budget(wait)
+    await _live_deployment(state, data.deploy_id, ["body", "deploy_id"])
     workspace, row = await _adapter_version(state, lora, data.version, ["path", "name"])
-    adapter = deployed_adapter(lora, workspace, row)
-    spec = contract.DeploymentSpec.model_validate(found[0]["spec"])
-    verdict = preflight(facts_of(adapter), deployment_facts(spec, None))
-    return LoraCheck(
-        name=lora,
-        version=adapter.version,
-        deploy_id=data.deploy_id,
-        verdict="compatible" if verdict.ok else "incompatible",
-        reasons=list(verdict.reasons),
+    command = contract.CheckAdapter(adapter=deployed_adapter(lora, workspace, row))
+    command_id = await bus.send(command, aggregate_id=data.deploy_id, actor=request.user.actor, wait=budget.left)
+    if (answer := await bus.outcome(command_id, ["body"])) is not None:
+        return answer
+    verdict = await deployment_queries.adapter_check(state.engine, command_id)
+    assert verdict is not None  # projected with the command's outcome, in one transaction
+    return Response(
+        LoraCheck(
+            name=lora,
+            version=verdict["version"],
+            deploy_id=data.deploy_id,
+            verdict="compatible" if verdict["compatible"] else "incompatible",
+            reasons=list(verdict["reasons"]),
+        ).model_dump(mode="json")
     )
 
 

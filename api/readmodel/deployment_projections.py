@@ -8,6 +8,7 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.readmodel.tables import (
+    adapter_checks,
     cluster_nodes,
     deployment_adapters,
     deployment_instances,
@@ -108,6 +109,23 @@ async def _adapter_attached(conn: AsyncConnection, event: Envelope) -> None:
         )
     )
     await _update_deployment(conn, event)
+
+
+async def _adapter_checked(conn: AsyncConnection, event: Envelope) -> None:
+    payload = event.payload
+    assert isinstance(payload, deployment_events.AdapterChecked)
+    await conn.execute(delete(adapter_checks).where(adapter_checks.c.command_id == event.command_id))
+    await conn.execute(
+        insert(adapter_checks).values(
+            command_id=event.command_id,
+            deploy_id=event.aggregate_id,
+            name=payload.name,
+            version=payload.version,
+            compatible=payload.compatible,
+            reasons=list(payload.reasons),
+            checked_at=event.occurred_at,
+        )
+    )
 
 
 async def _adapter_detached(conn: AsyncConnection, event: Envelope) -> None:
@@ -227,6 +245,7 @@ DEPLOYMENT_PROJECTIONS = {
     "instance.failed": _instance_reported,
     "deployment.adapter_attached": _adapter_attached,
     "deployment.adapter_detached": _adapter_detached,
+    "deployment.adapter_checked": _adapter_checked,
     "adapter.loaded": _adapter_reported,
     "adapter.unloaded": _adapter_reported,
     "adapter.load_failed": _adapter_reported,

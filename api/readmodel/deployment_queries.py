@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.readmodel.tables import (
+    adapter_checks,
     cluster_nodes,
     deployment_adapters,
     deployment_instances,
@@ -122,3 +123,10 @@ async def served_versions(engine: AsyncEngine, adapter_ids: Sequence[str]) -> di
         for row in found.mappings():
             out.setdefault(row["adapter_id"], dict(row))
         return out
+
+
+async def adapter_check(engine: AsyncEngine, command_id: str) -> Row | None:
+    """The pre-flight verdict a `deployment.check_adapter` command got, once projected."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(adapter_checks).where(adapter_checks.c.command_id == command_id))).first()
+        return dict(row._mapping) if row else None

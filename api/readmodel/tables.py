@@ -205,6 +205,19 @@ deployment_adapters = Table(
     Column("attached_at", UTCDateTime(), nullable=False),
 )
 
+# Pre-flight verdicts (deployment.adapter_checked), by the command that asked.
+adapter_checks = Table(
+    "adapter_checks",
+    metadata,
+    Column("command_id", String(64), primary_key=True),
+    Column("deploy_id", String(255), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("compatible", Boolean, nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("checked_at", UTCDateTime(), nullable=False),
+)
+
 instance_adapters = Table(
     "instance_adapters",
     metadata,
