@@ -55,16 +55,24 @@ async def _with_adapters(conn: AsyncConnection, rows: list[Row]) -> list[Row]:
     return [{**row, "adapters": served[row["deploy_id"]]} for row in rows]
 
 
-async def deployments_serving(engine: AsyncEngine, adapter_id: str) -> list[Row]:
-    """The deployments (not deleted) that serve a version of the adapter: deploy_id and the served name."""
+async def _serving(engine: AsyncEngine, adapter_ids: Sequence[str]) -> list[Row]:
+    """Every adapter row (`deployment_adapters`, with the deployment's `spec`) of a live deployment serving one of
+    `adapter_ids`, the longest served first."""
+    if not adapter_ids:
+        return []
     async with engine.connect() as conn:
         found = await conn.execute(
-            select(deployment_adapters.c.deploy_id, deployment_adapters.c.name)
+            select(deployment_adapters, deployments.c.spec)
             .join(deployments, deployments.c.deploy_id == deployment_adapters.c.deploy_id)
-            .where(deployment_adapters.c.adapter_id == adapter_id, deployments.c.deleted.is_(False))
-            .order_by(deployment_adapters.c.deploy_id)
+            .where(deployment_adapters.c.adapter_id.in_(list(adapter_ids)), deployments.c.deleted.is_(False))
+            .order_by(deployment_adapters.c.attached_at, deployment_adapters.c.deploy_id)
         )
         return [dict(r) for r in found.mappings()]
+
+
+async def deployments_serving(engine: AsyncEngine, adapter_id: str) -> list[Row]:
+    """The live deployments that serve a version of the adapter (`deploy_id`, the served `name`, ...)."""
+    return await _serving(engine, [adapter_id])
 
 
 async def get_deployment(engine: AsyncEngine, deploy_id: str) -> tuple[Row, list[Row]] | None:
@@ -110,19 +118,10 @@ async def list_nodes(engine: AsyncEngine) -> list[tuple[Row, list[Row]]]:
 async def served_versions(engine: AsyncEngine, adapter_ids: Sequence[str]) -> dict[str, Row]:
     """For each adapter a live deployment serves: the first such deployment's row (`deploy_id`, `version`,
     `attached_at`, and the deployment's `spec`)."""
-    if not adapter_ids:
-        return {}
-    async with engine.connect() as conn:
-        found = await conn.execute(
-            select(deployment_adapters, deployments.c.spec)
-            .join(deployments, deployments.c.deploy_id == deployment_adapters.c.deploy_id)
-            .where(deployment_adapters.c.adapter_id.in_(list(adapter_ids)), deployments.c.deleted.is_(False))
-            .order_by(deployment_adapters.c.attached_at, deployment_adapters.c.deploy_id)
-        )
-        out: dict[str, Row] = {}
-        for row in found.mappings():
-            out.setdefault(row["adapter_id"], dict(row))
-        return out
+    out: dict[str, Row] = {}
+    for row in await _serving(engine, adapter_ids):
+        out.setdefault(row["adapter_id"], row)
+    return out
 
 
 async def adapter_check(engine: AsyncEngine, command_id: str) -> Row | None:
