@@ -19,6 +19,8 @@ from streams.deployments import DeployGpu, InstanceStatus, ReportInstance
 from streams.envelope import SYSTEM_ACTOR
 from streams.serialization import encode, envelope_for, key_for
 from streams.topics import COMMANDS, EVENTS
+from tests.fake_hub import FakeHub, FakeRepo
+from tests.peft_artifacts import TINY_BASE_MODEL, peft_repo_files
 from tests.support import Api, Stack, events, produced, read_topic, wait_until
 
 WAIT = {"wait": 20}
@@ -118,8 +120,11 @@ def test_scale_and_delete_release_the_gpus(user: Api, admin: Api, stack: Stack) 
 
     got = wait_until(lambda: instances("pending", 3), message="three instances, one pending")
     states = sorted(i["status"] for i in got["instance_details"])
-    cluster_events = [f"{e['type']} {e['payload']}" for e in events(stack) if "B300" in str(e["payload"])]
-    assert states == ["pending", "placed", "placed"], (got["instance_details"], cluster_events)
+    # The message (the B300 events, for a failure's reader) is only built when the assertion fails.
+    assert states == ["pending", "placed", "placed"], (
+        got["instance_details"],
+        [f"{e['type']} {e['payload']}" for e in events(stack) if "B300" in str(e["payload"])],
+    )
     assert got["fail_reason"] == "no node has 1 free B300-270GB GPU (all 2 in use)"
 
     assert (
@@ -300,4 +305,24 @@ def test_serving_a_lora_refuses_bad_input_with_the_field(user: Api) -> None:
     assert "/check" in refused(wrong, 404, ["path"])
     bad_rank = user.post("/deploy/llm", json={"model_name": "m", "gpu": "cpu", "lora": {"max_lora_rank": 12}})
     assert "max_lora_rank must be one of" in refused(bad_rank, 422, ["body", "lora"])
+    assert user.delete(f"/deploy/{deploy_id}", params=WAIT).status_code == 204
+
+
+def test_a_forced_delete_without_wait_still_deletes_a_served_lora(user: Api, hub_server: FakeHub) -> None:
+    # A deployment of the tiny Llama that no node takes: an Empower LoRA of that base model is served on it anyway.
+    body = deploy(user, gpu="A100-80GB", hf={"repo": TINY_BASE_MODEL})
+    deploy_id = body["deploy_id"]
+    name = f"served-{uuid.uuid4().hex[:8]}"
+    hub_server.repos[f"tests/{name}"] = FakeRepo.single(peft_repo_files())
+    registered = user.post(
+        "/api/v1/lora", params=WAIT, json={"model_source": "HF_HUB", "model_name": f"tests/{name}", "name": name}
+    )
+    assert registered.status_code == 200, registered.text
+    assert registered.json()["active_deployment"]["deploy_id"] == deploy_id
+
+    assert user.delete(f"/api/v1/lora/{name}").status_code == 409
+    accepted = user.delete(f"/api/v1/lora/{name}", params={"force": "true"})
+    assert accepted.status_code == 202, accepted.text
+    wait_until(lambda: user.get(f"/api/v1/lora/{name}").status_code == 404, message="the LoRA deleted")
+    wait_until(lambda: user.get(f"/deploy/{deploy_id}").json()["adapters"] == [], message="no longer served")
     assert user.delete(f"/deploy/{deploy_id}", params=WAIT).status_code == 204

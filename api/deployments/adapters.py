@@ -142,22 +142,20 @@ async def detach(
 
 async def release_before_delete(
     bus: CommandBus, state: State, workspace: str, name: str, force: bool, actor: Actor, wait: float
-) -> Response[Any] | None:
+) -> None:
     """Before an adapter is deleted: 409 naming the deployments that serve it, or with `force` stop serving it
-    everywhere first. None when the delete may go on."""
+    everywhere first (with `wait`, until no instance holds it or the wait runs out; the delete follows either way)."""
     serving = await deployment_queries.deployments_serving(state.engine, adapter_id(workspace, name))
     if not serving:
-        return None
+        return
     if not force:
         names = ", ".join(sorted({row["deploy_id"] for row in serving}))
-        raise Conflict(
-            f"{name!r} is served by deployment(s) {names}; undeploy it first or pass force=true", loc=["path", "name"]
-        )
+        reason = f"{name!r} is served by deployment(s) {names}; undeploy it first or pass force=true"
+        raise Conflict(reason, loc=["path", "name"])
     budget = bus.budget(wait)
     for row in serving:
-        if (answer := await detach(bus, row["deploy_id"], row["name"], actor, budget.left, state)) is not None:
-            return answer
-    return None
+        # A refusal raises; a 202 (the unload not seen yet) must not stand in for the delete's own answer.
+        await detach(bus, row["deploy_id"], row["name"], actor, budget.left, state)
 
 
 @post(

@@ -123,10 +123,7 @@ async def delete_lora(
     lora = _lora_name(name)
     await _existing(state, lora)
     budget = bus.budget(wait)
-    if answer := await release_before_delete(
-        bus, state, DEFAULT_WORKSPACE, lora, force, request.user.actor, budget.left
-    ):
-        return answer
+    await release_before_delete(bus, state, DEFAULT_WORKSPACE, lora, force, request.user.actor, budget.left)
     command_id = await bus.send(
         DeleteAdapter(workspace=DEFAULT_WORKSPACE, name=lora),
         aggregate_id=adapter_id(DEFAULT_WORKSPACE, lora),

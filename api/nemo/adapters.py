@@ -171,8 +171,7 @@ async def delete_adapter(
 ) -> Response[Any]:
     await _require_not_foreign(state, workspace, name)
     budget = bus.budget(wait)
-    if answer := await release_before_delete(bus, state, workspace, name, force, request.user.actor, budget.left):
-        return answer
+    await release_before_delete(bus, state, workspace, name, force, request.user.actor, budget.left)
     command_id = await bus.send(
         DeleteAdapter(workspace=workspace, name=name),
         aggregate_id=adapter_id(workspace, name),
