@@ -50,6 +50,7 @@ def adapters_for(state: AgentState, deploy_id: str, instance_id: str) -> Mapping
     deployment = deployment_of(state, deploy_id)
     if deployment is None or deployment.deleted or not deployment.adapters:
         return {}
+    cluster = cluster_of(state)
     slots = [
         InstanceSlots(
             instance_id=request.instance_id,
@@ -57,8 +58,8 @@ def adapters_for(state: AgentState, deploy_id: str, instance_id: str) -> Mapping
             max_loras=deployment.spec.lora.max_loras,
             adapters=frozenset(deployment.loaded.get(request.instance_id, {})),
         )
-        for request in cluster_of(state).instances_of(deploy_id)
-        if request.instance_id in cluster_of(state).placement.allocations
+        for request in cluster.instances_of(deploy_id)
+        if request.instance_id in cluster.placement.allocations
     ]
     assignment = assign_adapters(slots, deployment.adapters)
     return {name: deployment.adapters[name] for name in sorted(assignment.adapters_on(instance_id))}
