@@ -2,6 +2,9 @@
 `active_deployment`): on `adapter.stored` it sends `deployment.attach_adapter` to every live deployment whose base
 model is the adapter's and whose instances pass the pre-flight check. Command ids derive from the event, so a
 redelivered event attaches nothing twice.
+
+Served this way, a LoRA is on demand (the gateway may evict it for another when slots run out): only an explicit
+`POST /deploy/lora` pins one. A new version of a LoRA served pinned replaces it pinned.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ def served_name(workspace: str, name: str) -> str:
     return name if workspace == DEFAULT_WORKSPACE else f"{workspace}/{name}"
 
 
-def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter]]:
-    """(deploy_id, adapter) for each live deployment that should serve the Empower adapter `event` stored."""
+def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter, bool]]:
+    """(deploy_id, adapter, on demand) for each live deployment that should serve the Empower adapter `event`
+    stored; on demand unless the deployment serves that name pinned already."""
     payload = event.payload
     if not isinstance(payload, AdapterStored):
         return []
@@ -61,7 +65,8 @@ def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedA
         if problems := adapter_problems(deployment, served):
             log.info("%s is not served on %s: %s", served.name, deploy_id, "; ".join(problems))
             continue
-        out.append((deploy_id, served))
+        pinned = served.name in deployment.adapters and served.name not in deployment.on_demand
+        out.append((deploy_id, served, not pinned))
     return out
 
 
@@ -78,9 +83,9 @@ class AdapterDeployments:
     def decided(self, event: Envelope, cause: Envelope) -> None:
         if self._state is None or not isinstance(event.payload, AdapterStored):
             return
-        for deploy_id, adapter in attachments(self._state, event):
+        for deploy_id, adapter, on_demand in attachments(self._state, event):
             command = envelope_for(
-                AttachAdapter(adapter=adapter),
+                AttachAdapter(adapter=adapter, on_demand=on_demand),
                 aggregate_id=deploy_id,
                 actor=cause.actor,
                 command_id=uuid.uuid5(_IDS, f"{event.id}:{deploy_id}").hex,

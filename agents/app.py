@@ -21,6 +21,7 @@ from agents.lora_files import LORA_DIRS
 from agents.node.desired import cluster_of
 from agents.node_liveness import NodeLiveness, cluster_partition
 from agents.processor import CommandProcessor
+from agents.usage import USAGE
 from agents.workspaces import WORKSPACES
 from infra.faust_transport import FaustApp
 from infra.secrets import open_secret_box
@@ -33,7 +34,7 @@ from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
-AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS, DEPLOYMENTS, CLUSTER)
+AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS, DEPLOYMENTS, CLUSTER, USAGE)
 
 
 def create_app(settings: Settings) -> faust.App:

@@ -21,6 +21,7 @@ from streams.deployments import (
     AdapterAttached,
     AdapterChecked,
     AdapterDetached,
+    AdapterEvicted,
     AdapterLoaded,
     AdapterLoadFailed,
     AdapterLoadStatus,
@@ -62,6 +63,8 @@ class Deployment:
     adapters: Mapping[str, DeployedAdapter] = field(default_factory=dict)
     # As node agents reported them: instance_id -> {adapter name: sha256 loaded}.
     loaded: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # The adapters the inference gateway loaded for requests (evictable); the others are pinned.
+    on_demand: frozenset[str] = frozenset()
 
     @property
     def desired_instances(self) -> int:
@@ -116,13 +119,7 @@ def decide(current: Deployment | None, command: Envelope) -> Sequence[Payload]:
     if isinstance(payload, ReportInstance):
         return [_report(payload)]
     if isinstance(payload, AttachAdapter):
-        if reasons := adapter_problems(current, payload.adapter):
-            raise Rejected(
-                RejectionCode.INVALID,
-                f"{payload.adapter.name} cannot be served by {current.deploy_id}: " + "; ".join(reasons),
-                field="lora_name",
-            )
-        return [AdapterAttached(adapter=payload.adapter)]
+        return _attach(current, payload)
     if isinstance(payload, CheckAdapter):
         checked = payload.adapter
         reasons = adapter_problems(current, checked)
@@ -144,6 +141,42 @@ def decide(current: Deployment | None, command: Envelope) -> Sequence[Payload]:
     raise Rejected(RejectionCode.INVALID, f"deployments do not handle {command.type}")
 
 
+def _attach(current: Deployment, command: AttachAdapter) -> Sequence[Payload]:
+    """Serve an adapter: refused with the pre-flight's reasons; an on-demand attach keeps a pinned adapter pinned and
+    may evict on-demand adapters first (never a pinned one: then the whole command is refused)."""
+    adapter = command.adapter
+    if reasons := adapter_problems(current, adapter):
+        raise Rejected(
+            RejectionCode.INVALID,
+            f"{adapter.name} cannot be served by {current.deploy_id}: " + "; ".join(reasons),
+            field="lora_name",
+        )
+    pinned = [e.name for e in command.evict if e.name in current.adapters and e.name not in current.on_demand]
+    if pinned:
+        raise Rejected(
+            RejectionCode.CONFLICT,
+            f"{', '.join(sorted(pinned))} served explicitly on {current.deploy_id} (pinned): never evicted",
+            field="evict",
+        )
+    held = current.adapters.get(adapter.name)
+    if command.on_demand and held is not None:
+        if held.artifact.sha256 != adapter.artifact.sha256 and adapter.name not in current.on_demand:
+            raise Rejected(
+                RejectionCode.CONFLICT,
+                f"{current.deploy_id} serves other content (version {held.version}) as {adapter.name!r}, pinned",
+                field="lora_name",
+            )
+        if held.artifact.sha256 == adapter.artifact.sha256:
+            # Asked again (another gateway, a retry): it stays as it is, pinned or not, and nothing is evicted.
+            return [AdapterAttached(adapter=held, on_demand=adapter.name in current.on_demand)]
+    evicted = [
+        AdapterEvicted(name=e.name, reason=e.reason)
+        for e in command.evict
+        if e.name in current.adapters and e.name != adapter.name
+    ]
+    return [*evicted, AdapterAttached(adapter=adapter, on_demand=command.on_demand)]
+
+
 def _report(report: ReportInstance) -> Payload:
     if report.status is InstanceStatus.STARTING:
         return InstanceLaunched(instance_id=report.instance_id, node_id=report.node_id)
@@ -155,6 +188,7 @@ def _report(report: ReportInstance) -> Payload:
             node_id=report.node_id,
             endpoint=report.endpoint,
             architecture=report.architecture,
+            sealed_api_key=report.sealed_api_key,
         )
     reason = report.fail_reason or "the instance failed without a reason"
     return InstanceFailed(instance_id=report.instance_id, node_id=report.node_id, fail_reason=reason)
@@ -191,9 +225,12 @@ def evolve(current: Deployment | None, event: Envelope) -> Deployment | None:
             current = replace(current, loaded=_without(current.loaded, payload.instance_id))
         return current
     if isinstance(payload, AdapterAttached):
-        return replace(current, adapters={**current.adapters, payload.adapter.name: payload.adapter})
-    if isinstance(payload, AdapterDetached):
-        return replace(current, adapters={k: v for k, v in current.adapters.items() if k != payload.name})
+        name = payload.adapter.name
+        on_demand = current.on_demand | {name} if payload.on_demand else current.on_demand - {name}
+        return replace(current, adapters={**current.adapters, name: payload.adapter}, on_demand=on_demand)
+    if isinstance(payload, AdapterDetached | AdapterEvicted):
+        adapters = {k: v for k, v in current.adapters.items() if k != payload.name}
+        return replace(current, adapters=adapters, on_demand=current.on_demand - {payload.name})
     if isinstance(payload, AdapterLoaded):
         held = {**current.loaded.get(payload.instance_id, {}), payload.name: payload.sha256}
         return replace(current, loaded={**current.loaded, payload.instance_id: held})

@@ -256,6 +256,7 @@ MODEL_PATTERNS = (
     "*.model",
     "*.tiktoken",
     "*.txt",
+    "*.jinja",  # chat templates, as transformers >= 4.43 saves them (chat_template.jinja)
 )
 
 

@@ -112,9 +112,25 @@ class Settings(BaseSettings):
     # A crashed vLLM is restarted after 2, 4, 8 ... s (at most vllm_restart_max_backoff_s), this many times in a row.
     vllm_restart_limit: int = Field(5, ge=0, le=100, validation_alias=_env("LORAPLANE_VLLM_RESTART_LIMIT"))
     vllm_restart_max_backoff_s: float = Field(60.0, gt=0, validation_alias=_env("LORAPLANE_VLLM_RESTART_MAX_BACKOFF_S"))
+    # The address the node's engines listen on and the gateway reaches them at (127.0.0.1: this host only), and the
+    # one they bind when it differs (e.g. 0.0.0.0 in a container that is reached by its service name).
+    node_advertise_host: str = Field("127.0.0.1", validation_alias=_env("LORAPLANE_NODE_ADVERTISE_HOST"))
+    node_bind_host: str | None = Field(None, validation_alias=_env("LORAPLANE_NODE_BIND_HOST"))
     node_heartbeat_s: float = Field(5.0, gt=0, validation_alias=_env("LORAPLANE_NODE_HEARTBEAT_S"))
     # A node silent this long is lost (judged by the worker) and its instances are placed elsewhere.
     node_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("LORAPLANE_NODE_TIMEOUT_S"))
+
+    # Inference gateway (`loraplane gateway`, and the API's own URL under `loraplane up`).
+    gateway_host: str = Field("127.0.0.1", validation_alias=_env("LORAPLANE_GATEWAY_HOST"))
+    gateway_port: int = Field(8001, ge=0, le=65535, validation_alias=_env("LORAPLANE_GATEWAY_PORT"))
+    # Longest wait for an adapter loaded on demand (the rest of the request waits with it).
+    gateway_load_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("LORAPLANE_GATEWAY_LOAD_TIMEOUT_S"))
+    # Longest silence of an engine while it answers (between two streamed chunks, or before a whole answer).
+    gateway_upstream_timeout_s: float = Field(
+        600.0, gt=0, validation_alias=_env("LORAPLANE_GATEWAY_UPSTREAM_TIMEOUT_S")
+    )
+    # How often a gateway process sends the usage it counted (at most; nothing is sent when there was none).
+    gateway_usage_flush_s: float = Field(10.0, gt=0, validation_alias=_env("LORAPLANE_GATEWAY_USAGE_FLUSH_S"))
 
     @property
     def node_cache(self) -> Path:

@@ -231,8 +231,9 @@ class VllmServer:
 class VllmClient:
     """The calls a node agent makes to one vLLM server."""
 
-    def __init__(self, base_url: str, *, timeout: float = 60.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, *, timeout: float = 60.0, api_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -1,5 +1,15 @@
 """Importing this module registers every message type, so a decoder knows them all."""
 
-from streams import adapters, api_keys, cluster, deployments, filesets, lora_files, outcomes, workspaces
+from streams import adapters, api_keys, cluster, deployments, filesets, lora_files, outcomes, usage, workspaces
 
-__all__ = ["adapters", "api_keys", "cluster", "deployments", "filesets", "lora_files", "outcomes", "workspaces"]
+__all__ = [
+    "adapters",
+    "api_keys",
+    "cluster",
+    "deployments",
+    "filesets",
+    "lora_files",
+    "outcomes",
+    "usage",
+    "workspaces",
+]

@@ -67,6 +67,11 @@ class LoraSettings(Frozen):
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
 
 
+def engine_key_context(deploy_id: str, instance_id: str) -> str:
+    """What an instance's engine API key is sealed for (its node seals, the gateway opens): no other instance's."""
+    return f"instance:{deploy_id}/{instance_id}:engine_key"
+
+
 def base_model_key(name: str) -> str:
     """A model name as compared with another: without case, revision (`repo@rev`) or surrounding slashes."""
     return name.strip().split("@", 1)[0].strip("/").lower()
@@ -138,6 +143,8 @@ class ReportInstance(Payload):
     fail_reason: str | None = Field(None, max_length=8000)
     # The weights' `architectures[0]` from config.json (LlamaForCausalLM), once the node has them.
     architecture: str | None = Field(None, max_length=255)
+    # The engine's own API key (vLLM's --api-key), sealed for `engine_key_context`: only the gateway opens it.
+    sealed_api_key: str | None = Field(None, max_length=4096)
 
 
 @event("instance.launched", aggregate_type=AGGREGATE)
@@ -156,6 +163,7 @@ class InstanceStarted(Payload):
     node_id: str
     endpoint: str
     architecture: str | None = None
+    sealed_api_key: str | None = None
 
 
 @event("instance.failed", aggregate_type=AGGREGATE)
@@ -186,16 +194,38 @@ class AdapterLoadStatus(StrEnum):
     FAILED = "failed"
 
 
+class Eviction(Frozen):
+    """An on-demand adapter to stop serving, and why (the gateway's choice: least recently used, nothing in flight)."""
+
+    name: str = Field(min_length=1, max_length=512)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
 @command("deployment.attach_adapter", aggregate_type=AGGREGATE)
 class AttachAdapter(Payload):
-    """Serve the adapter on the deployment (refused, with every reason, when its instances cannot load it)."""
+    """Serve the adapter on the deployment (refused, with every reason, when its instances cannot load it).
+
+    `on_demand`: the inference gateway asks for it because a request named it; such an adapter may be evicted to
+    free a slot, while one attached explicitly (`POST /deploy/lora`) is pinned. `evict` lists on-demand adapters to
+    stop serving first, in the same decision (refused if one of them is pinned)."""
 
     adapter: DeployedAdapter
+    on_demand: bool = False
+    evict: tuple[Eviction, ...] = Field((), max_length=64)
 
 
 @event("deployment.adapter_attached", aggregate_type=AGGREGATE)
 class AdapterAttached(Payload):
     adapter: DeployedAdapter
+    on_demand: bool = False  # True: loaded for a request, evictable; False: pinned
+
+
+@event("deployment.adapter_evicted", aggregate_type=AGGREGATE)
+class AdapterEvicted(Payload):
+    """An on-demand adapter no longer served, to free its slot for another (`reason` says which and why)."""
+
+    name: str
+    reason: str
 
 
 @command("deployment.check_adapter", aggregate_type=AGGREGATE)

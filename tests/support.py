@@ -222,3 +222,20 @@ def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.1, messa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def engine_key(stack: Stack, instance_id: str) -> str:
+    """An instance's engine API key, as the gateway opens it: sealed on its latest `instance.started` event, opened
+    with the stack's secret key store (tests only: no caller of loraplane holds it)."""
+    from infra.secrets import open_secret_box
+    from infra.settings import Settings
+    from streams.deployments import engine_key_context
+
+    started = [
+        e for e in events(stack) if e["type"] == "instance.started" and e["payload"]["instance_id"] == instance_id
+    ]
+    assert started, f"{instance_id} never started"
+    event = started[-1]
+    box = open_secret_box(Settings(data_dir=stack.data_dir))
+    context = engine_key_context(event["aggregate_id"], instance_id)
+    return box.open(event["payload"]["sealed_api_key"], context=context)

@@ -18,6 +18,7 @@ from streams.deployments import (
     AdapterAttached,
     AdapterChecked,
     AdapterDetached,
+    AdapterEvicted,
     AdapterLoaded,
     AdapterLoadFailed,
     AdapterLoadStatus,
@@ -29,6 +30,7 @@ from streams.deployments import (
     DeployGpu,
     DeploymentSpec,
     DetachAdapter,
+    Eviction,
     InstanceLaunched,
     InstanceStatus,
     LoraSettings,
@@ -180,3 +182,45 @@ def test_a_check_records_the_verdict_with_every_reason_and_changes_nothing() -> 
     assert isinstance(refused, AdapterChecked) and not refused.compatible
     assert len(refused.reasons) == 2 and "rank 16" in refused.reasons[0] and "org/other" in refused.reasons[1]
     assert deployment(state) == before
+
+
+def test_on_demand_adapters_are_evicted_in_the_same_decision_and_pinned_ones_never() -> None:
+    state = new_state()
+    decide_all(state, "d1", CreateDeployment(spec=SPEC), AttachAdapter(adapter=adapter("pinned")))
+    decide_all(state, "d1", AttachAdapter(adapter=adapter("lazy"), on_demand=True))
+    assert deployment(state).on_demand == {"lazy"}
+    reason = "evicted to free a slot for next: the least recently used on-demand adapter"
+    out = decide_all(
+        state,
+        "d1",
+        AttachAdapter(adapter=adapter("next"), on_demand=True, evict=(Eviction(name="lazy", reason=reason),)),
+    )
+    assert out == [AdapterEvicted(name="lazy", reason=reason), AdapterAttached(adapter=adapter("next"), on_demand=True)]
+    assert set(deployment(state).adapters) == {"pinned", "next"} and deployment(state).on_demand == {"next"}
+    with pytest.raises(Rejected) as refused:
+        decide_all(
+            state,
+            "d1",
+            AttachAdapter(adapter=adapter("more"), on_demand=True, evict=(Eviction(name="pinned", reason="r"),)),
+        )
+    assert refused.value.code is RejectionCode.CONFLICT and "pinned" in refused.value.reason
+    assert set(deployment(state).adapters) == {"pinned", "next"}
+
+
+def test_serving_explicitly_pins_and_asking_again_on_demand_changes_nothing() -> None:
+    state = new_state()
+    decide_all(state, "d1", CreateDeployment(spec=SPEC), AttachAdapter(adapter=adapter("one"), on_demand=True))
+    assert deployment(state).on_demand == {"one"}
+    decide_all(state, "d1", AttachAdapter(adapter=adapter("one")))
+    assert deployment(state).on_demand == frozenset()
+    [again] = decide_all(
+        state, "d1", AttachAdapter(adapter=adapter("one"), on_demand=True, evict=(Eviction(name="x", reason="r"),))
+    )
+    assert again == AdapterAttached(adapter=adapter("one"), on_demand=False)
+    assert deployment(state).on_demand == frozenset()
+    other = adapter("two").model_copy(update={"name": "one"})
+    with pytest.raises(Rejected) as refused:
+        decide_all(state, "d1", AttachAdapter(adapter=other, on_demand=True))
+    assert refused.value.code is RejectionCode.CONFLICT and refused.value.field == "lora_name"
+    decide_all(state, "d1", DetachAdapter(name="one"))
+    assert deployment(state).adapters == {} and deployment(state).on_demand == frozenset()

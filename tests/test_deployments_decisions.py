@@ -92,7 +92,9 @@ def test_refusals_name_the_field() -> None:
     bad_args = SPEC.model_copy(update={"extra_args": ("--port", "9", "--api-key", "x", "--seed", "1")})
     refused = refusal([], CreateDeployment(spec=bad_args))
     assert refused.code is RejectionCode.INVALID and refused.field == "extra_args"
-    assert "--port is set by the node agent" in refused.reason and "--api-key would lock" in refused.reason
+    assert (
+        "--port is set by the node agent" in refused.reason and "--api-key is set by the node agent" in refused.reason
+    )
     for update, field in (({"num_gpus": 9}, "num_gpus"), ({"max_batch_size": 0}, "max_batch_size")):
         assert refusal([], CreateDeployment(spec=SPEC.model_copy(update=update))).field == field
     upside_down = ScaleSettings(min_instances=3, max_instances=1)

@@ -21,7 +21,7 @@ import pytest
 
 from infra.vllm_process import VllmApiError, VllmClient
 from tests.fake_hub import FakeHub, FakeRepo
-from tests.support import Api, wait_until
+from tests.support import Api, engine_key, wait_until
 from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -36,13 +36,17 @@ WAIT = {"wait": 60}
 @dataclass
 class Served:
     deploy_id: str
+    instance_id: str
     endpoint: str
+    key: str  # the engine's own API key (the gateway's; the test reads it from the log)
     adapters: dict[str, str]  # LoRA name -> its completion, seen on the first load
 
 
-def completion(endpoint: str, model: str) -> str:
+def completion(served: Served, model: str) -> str:
+    """vLLM's own answer, asked directly (not through the gateway)."""
+
     async def ask() -> str:
-        async with VllmClient(endpoint) as client:
+        async with VllmClient(served.endpoint, api_key=served.key) as client:
             return await client.completion(model, PROMPT, 12)
 
     return asyncio.run(ask())
@@ -112,14 +116,18 @@ def served(
     print(f"deployment {deploy_id} running in {time.monotonic() - began:.0f}s")
     [instance] = body["instance_details"]
     try:
-        yield Served(deploy_id, instance["endpoint"], {})
+        key = engine_key(stack, instance["instance_id"])
+        yield Served(deploy_id, instance["instance_id"], instance["endpoint"], key, {})
     finally:
         user.delete(f"/deploy/{deploy_id}", params=WAIT)
         user.close()
 
 
 def test_a_deployed_lora_answers_differently_from_the_base_model(user: Api, served: Served) -> None:
-    base = completion(served.endpoint, SERVED)
+    base = completion(served, SERVED)
+    # vLLM runs with a key of its own: nothing but the gateway (and the node) can call it.
+    refused = httpx.post(f"{served.endpoint}/v1/completions", json={"model": SERVED, "prompt": PROMPT}, timeout=30)
+    assert refused.status_code == 401, refused.text
     answer = user.post("/deploy/lora", params=WAIT, json={"deploy_id": served.deploy_id, "lora_name": "e2e-lora-one"})
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -129,13 +137,13 @@ def test_a_deployed_lora_answers_differently_from_the_base_model(user: Api, serv
     assert served_lora["name"] == "e2e-lora-one" and served_lora["adapter"] == "default/e2e-lora-one"
     assert served_lora["instances"] == [instance["instance_id"]]
 
-    one = completion(served.endpoint, "e2e-lora-one")
+    one = completion(served, "e2e-lora-one")
     assert one != base
     served.adapters["e2e-lora-one"] = one
 
     answer = user.post("/deploy/lora", params=WAIT, json={"deploy_id": served.deploy_id, "lora_name": "e2e-lora-two"})
     assert answer.status_code == 200, answer.text
-    two = completion(served.endpoint, "e2e-lora-two")
+    two = completion(served, "e2e-lora-two")
     assert two not in (base, one)
     served.adapters["e2e-lora-two"] = two
 
@@ -161,7 +169,7 @@ def test_deleting_a_served_lora_is_a_409_naming_the_deployment(user: Api, served
     answer = user.delete("/api/v1/lora/e2e-lora-two", params=WAIT)
     assert answer.status_code == 409, answer.text
     assert served.deploy_id in answer.text
-    assert completion(served.endpoint, "e2e-lora-two") == served.adapters["e2e-lora-two"]
+    assert completion(served, "e2e-lora-two") == served.adapters["e2e-lora-two"]
 
 
 def test_a_killed_vllm_is_reported_failed_then_restarted_with_its_adapters(user: Api, served: Served) -> None:
@@ -187,7 +195,7 @@ def test_a_killed_vllm_is_reported_failed_then_restarted_with_its_adapters(user:
     served.endpoint = instance["endpoint"]
     assert vllm_pid(served.endpoint) != pid
     for name, text in served.adapters.items():
-        assert completion(served.endpoint, name) == text, name
+        assert completion(served, name) == text, name
 
 
 def test_undeploy_unloads_then_a_forced_delete_unloads_everywhere(user: Api, served: Served) -> None:
@@ -195,7 +203,7 @@ def test_undeploy_unloads_then_a_forced_delete_unloads_everywhere(user: Api, ser
     assert answer.status_code == 204, answer.text
     assert loaded_on(deployment(user, served.deploy_id), "e2e-lora-one") == []
     with pytest.raises(VllmApiError) as refused:
-        completion(served.endpoint, "e2e-lora-one")
+        completion(served, "e2e-lora-one")
     assert refused.value.status == 404
 
     answer = user.delete("/api/v1/lora/e2e-lora-two", params={**WAIT, "force": "true"})
@@ -226,7 +234,7 @@ def test_an_empower_lora_of_the_base_model_is_served_at_once_with_its_active_dep
         lambda: loaded_on(deployment(user, served.deploy_id), "e2e-lora-auto"), timeout=60, message="auto loaded"
     )
     assert len(loaded) == 1
-    assert completion(served.endpoint, "e2e-lora-auto") != completion(served.endpoint, SERVED)
+    assert completion(served, "e2e-lora-auto") != completion(served, SERVED)
 
 
 def test_deleting_the_deployment_stops_vllm(user: Api, served: Served) -> None:

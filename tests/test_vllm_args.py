@@ -184,7 +184,7 @@ def test_every_refused_flag_is_refused_with_its_reason(flag: str, entry: tuple[s
     [
         (["--port=1"], "--port is set by the node agent"),
         (["--host=0.0.0.0"], "--host is set by the node agent"),
-        (["--api-key=secret"], "--api-key would lock the node agent out"),
+        (["--api-key=secret"], "--api-key is set by the node agent: each engine has its own key"),
         (["--model=other/model"], "--model is set from the deployment (hf.repo)"),
         (["--served-model-name=x"], "--served-model-name is set from the deployment (model_name)"),
         (["--tensor-parallel-size=8"], "--tensor-parallel-size is set from the deployment (num_gpus)"),
@@ -245,7 +245,7 @@ def test_a_flag_missing_its_value_does_not_swallow_the_next_flag() -> None:
 def test_every_problem_is_reported_with_its_position() -> None:
     problems = check_extra_args(["--port", "1", "--dtype", "/x", "stray", "--enforce-eager"])
     assert problems == [
-        "extra_args[0] '--port': --port is set by the node agent: vLLM listens on 127.0.0.1 on a port the agent chose",
+        "extra_args[0] '--port': --port is set by the node agent: vLLM listens where the node says, on a port it chose",
         "extra_args[3] '/x': --dtype value '/x' looks like a path; extra_args may not name files on the node",
         "extra_args[4] 'stray': has no flag before it",
     ]
@@ -278,3 +278,13 @@ def test_a_rank_above_512_is_an_error() -> None:
         choose_max_lora_rank([8, 513])
     with pytest.raises(ValueError, match="at least 1"):
         choose_max_lora_rank([0])
+
+
+def test_the_node_s_address_and_the_engine_s_key_never_show_in_the_argv() -> None:
+    argv, env = build_vllm_command(gpu_spec(host="10.0.0.7", api_key="s3cret"), python=PYTHON, port=41001)
+    assert argv[argv.index("--host") + 1] == "10.0.0.7"
+    assert env["VLLM_API_KEY"] == "s3cret" and "s3cret" not in " ".join(argv)
+    _, without = build_vllm_command(gpu_spec(), python=PYTHON, port=41001)
+    assert "VLLM_API_KEY" not in without
+    with pytest.raises(InvalidVllmSpec, match="host"):
+        build_vllm_command(gpu_spec(host="--evil"), python=PYTHON, port=41001)

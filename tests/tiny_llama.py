@@ -27,8 +27,13 @@ Once upon a time there was a small language model that knew only a handful of wo
 """
 
 
-def make_tiny_llama(dest: Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
-    """A Llama checkpoint directory (config.json, model.safetensors, tokenizer files) at `dest`; reused if done."""
+# A plain chat template (the tiny tokenizer has none, and vLLM's chat completions need one).
+CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}\n{% endfor %}"
+
+
+def make_tiny_llama(dest: Path, *, seed: int = 0, vocab_size: int = 512, chat_template: str | None = None) -> Path:
+    """A Llama checkpoint directory (config.json, model.safetensors, tokenizer files) at `dest`; reused if done.
+    With `chat_template`, its tokenizer carries that template."""
     if (dest / DONE).exists():
         return dest
     import torch
@@ -51,6 +56,8 @@ def make_tiny_llama(dest: Path, *, seed: int = 0, vocab_size: int = 512) -> Path
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=MAX_POSITIONS
     )
+    if chat_template is not None:
+        fast.chat_template = chat_template
     fast.save_pretrained(dest)
 
     torch.manual_seed(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import time
 import uuid
@@ -41,6 +42,7 @@ from streams.deployments import (
     InstanceStatus,
     ReportAdapter,
     ReportInstance,
+    engine_key_context,
     hf_token_context,
 )
 from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
@@ -53,9 +55,9 @@ POLL_S = 0.5
 REPORT_BACKOFF_LIMIT_S = 30.0
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -111,6 +113,11 @@ class InstanceRunner:
         self.record: dict[str, LoadedAdapter] = {}
         self.refused: set[tuple[str, str, str]] = set()  # (name, sha256, process) whose load failed
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # The engine's own API key: vLLM refuses every /v1 call without it. Only the gateway can open the sealed copy.
+        self.engine_key = secrets.token_urlsafe(32)
+        self.sealed_engine_key = str(
+            ctx.secrets.seal(self.engine_key, context=engine_key_context(self.deploy_id, self.instance_id))
+        )
         self._wake = asyncio.Event()
         self._tasks = [
             asyncio.get_running_loop().create_task(self._run(), name=f"vllm {self.instance_id}"),
@@ -133,6 +140,7 @@ class InstanceRunner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.ctx.secrets.shred(self.sealed_engine_key)  # the engine is gone: its key with it
 
     async def _report(self, status: InstanceStatus, **fields: str | None) -> None:
         report = ReportInstance(instance_id=self.instance_id, node_id=self.ctx.node_id, status=status, **fields)
@@ -162,15 +170,19 @@ class InstanceRunner:
 
     async def _serve_once(self) -> tuple[str, bool]:
         """Start vLLM and serve until it exits: why it is not serving (fail_reason), and whether it had served."""
+        settings = self.ctx.settings
+        bind = settings.node_bind_host or settings.node_advertise_host
         try:
             model_dir = await self._weights()
-            argv, env = build_vllm_command(self._spec(model_dir), python=await self.ctx.vllm_python(), port=free_port())
+            python = await self.ctx.vllm_python()
+            argv, env = build_vllm_command(self._spec(model_dir, bind), python=python, port=free_port(bind))
         except (LoraplaneError, InvalidVllmSpec, OSError) as exc:
             return f"could not prepare vLLM: {exc}", False
         port = int(argv[argv.index("--port") + 1])
         cpu = self.deployment.spec.gpu is DeployGpu.CPU
-        log_path = self.ctx.settings.data_dir / "logs" / f"vllm-{self.instance_id}.log"
-        server = VllmServer(argv, port=port, log_path=log_path, env={**(CPU_ENV if cpu else {}), **env})
+        log_path = settings.data_dir / "logs" / f"vllm-{self.instance_id}.log"
+        env = {**(CPU_ENV if cpu else {}), **env}
+        server = VllmServer(argv, port=port, log_path=log_path, env=env, host=settings.node_advertise_host)
         self.server = server
         try:
             seconds = await server.start(ready_timeout=self.ctx.settings.vllm_ready_timeout_s)
@@ -179,9 +191,14 @@ class InstanceRunner:
             return str(exc), False
         self.architecture = architecture_of(model_dir)
         log.info("%s serves at %s (ready in %.0fs)", self.instance_id, server.base_url, seconds)
-        await self._report(InstanceStatus.RUNNING, endpoint=server.base_url, architecture=self.architecture)
+        await self._report(
+            InstanceStatus.RUNNING,
+            endpoint=server.base_url,
+            architecture=self.architecture,
+            sealed_api_key=self.sealed_engine_key,
+        )
         # One client for this start of vLLM: making an httpx client costs tens of ms, on every adapter's path.
-        async with VllmClient(server.base_url) as client:
+        async with VllmClient(server.base_url, api_key=self.engine_key) as client:
             self.serving = (f"{server.pid}:{time.time_ns()}", client)
             self._wake.set()
             try:
@@ -203,9 +220,11 @@ class InstanceRunner:
             fetch_weights, self.ctx.s3, source, revision, token, settings.node_cache, hf_endpoint=settings.hf_endpoint
         )
 
-    def _spec(self, model_dir: Path) -> VllmSpec:
+    def _spec(self, model_dir: Path, host: str) -> VllmSpec:
         spec = self.deployment.spec
         return VllmSpec(
+            host=host,
+            api_key=self.engine_key,
             model=str(model_dir),
             served_model_name=spec.model_name,
             gpu_type=spec.gpu,

@@ -1,8 +1,8 @@
 """The vLLM command line and environment for one instance, and the check of a deployment's `extra_args`.
 
 Pure: nothing is started here. The argv is run without a shell, so shell metacharacters in it are inert; what matters
-is that no extra argument can move vLLM off 127.0.0.1, change what the control plane set, or make vLLM read a file or
-run code from the model repository.
+is that no extra argument can move vLLM off the address the node chose, change what the control plane set, or make
+vLLM read a file or run code from the model repository.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ class VllmSpec:
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
     max_cpu_loras: int | None = None
     extra_args: tuple[str, ...] = ()
+    # Where it listens: 127.0.0.1 by default, or the address the node advertises to the gateway.
+    host: str = HOST
+    # vLLM's own API key (passed as VLLM_API_KEY, so it shows in no argv or log): only the gateway knows it.
+    api_key: str | None = None
 
 
 class InvalidVllmSpec(ValueError):
@@ -55,9 +59,11 @@ def build_vllm_command(spec: VllmSpec, *, python: str, port: int) -> tuple[list[
     argv = [python, "-m", API_SERVER, "--model", spec.model]
     if spec.revision:
         argv += ["--revision", spec.revision]
-    argv += ["--served-model-name", spec.served_model_name, "--host", HOST, "--port", str(port)]
+    argv += ["--served-model-name", spec.served_model_name, "--host", spec.host, "--port", str(port)]
     argv += ["--tensor-parallel-size", str(spec.num_gpus), "--max-num-seqs", str(spec.max_batch_size)]
     env: dict[str, str] = {}
+    if spec.api_key:
+        env["VLLM_API_KEY"] = spec.api_key
     if spec.enable_lora:
         argv += ["--enable-lora", "--max-loras", str(spec.max_loras), "--max-lora-rank", str(spec.max_lora_rank)]
         if spec.max_cpu_loras is not None:
@@ -72,7 +78,7 @@ def build_vllm_command(spec: VllmSpec, *, python: str, port: int) -> tuple[list[
 
 def spec_problems(spec: VllmSpec, port: int) -> list[str]:
     problems = []
-    for field, value in (("model", spec.model), ("served_model_name", spec.served_model_name)):
+    for field, value in (("model", spec.model), ("served_model_name", spec.served_model_name), ("host", spec.host)):
         if not value or value.startswith("-"):
             problems.append(f"{field} {value!r} must be non-empty and must not start with '-'")
     if spec.revision is not None and (not spec.revision or spec.revision.startswith("-")):
@@ -175,14 +181,14 @@ ALLOWED_FLAGS: Mapping[str, Check | None] = {
     "--disable-custom-all-reduce": None,
 }
 
-_SET_BY_AGENT = "is set by the node agent: vLLM listens on 127.0.0.1 on a port the agent chose"
+_SET_BY_AGENT = "is set by the node agent: vLLM listens where the node says, on a port it chose"
 _FROM_DEPLOYMENT = "is set from the deployment ({})"
 _LORA = "is set from the deployment's LoRA settings; adapters are loaded by the node agent"
 # Flags refused whatever their value: (reason, whether values follow the flag).
 REFUSED_FLAGS: Mapping[str, tuple[str, bool]] = {
     "--host": (_SET_BY_AGENT, True),
     "--port": (_SET_BY_AGENT, True),
-    "--api-key": ("would lock the node agent out of vLLM; callers are authenticated by the control plane", True),
+    "--api-key": ("is set by the node agent: each engine has its own key, known only to the gateway", True),
     "--model": (_FROM_DEPLOYMENT.format("hf.repo"), True),
     "--revision": (_FROM_DEPLOYMENT.format("hf.revision"), True),
     "--served-model-name": (_FROM_DEPLOYMENT.format("model_name"), True),
