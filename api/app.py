@@ -21,6 +21,10 @@ from api.deployments.adapters import ROUTES as DEPLOYMENT_ADAPTER_ROUTES
 from api.deployments.routes import ROUTES as DEPLOYMENT_ROUTES
 from api.empower.routes import ROUTES as EMPOWER_ROUTES
 from api.errors import EXCEPTION_HANDLERS
+from api.gateway.metrics import metrics
+from api.gateway.routes import GATEWAY_PATHS
+from api.gateway.routes import ROUTES as GATEWAY_ROUTES
+from api.gateway.service import Gateway
 from api.lora_files.routes import ROUTES as LORA_FILE_ROUTES
 from api.nemo.routes import ROUTES as NEMO_ROUTES
 from api.readmodel.database import create_engine, create_schema
@@ -28,6 +32,7 @@ from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
 from api.system import command_status, healthz, readyz
 from api.tracing import tracing_middleware
+from api.usage.routes import ROUTES as USAGE_ROUTES
 from api.workspaces.routes import WorkspaceController
 from infra.kafka_admin import ensure_topics
 from infra.s3 import make_client
@@ -49,12 +54,20 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         await bus.start()
         follower = ReadModelFollower(settings, Projector(engine), bus.projected)
         follower.start()
+        gateway = Gateway(settings)
+        await gateway.start()
         app.state.update(
-            engine=engine, bus=bus, follower=follower, s3=make_client(settings), secrets=open_secret_box(settings)
+            engine=engine,
+            bus=bus,
+            follower=follower,
+            gateway=gateway,
+            s3=make_client(settings),
+            secrets=open_secret_box(settings),
         )
         try:
             yield
         finally:
+            await gateway.stop()
             await follower.stop()
             await bus.stop()
             await engine.dispose()
@@ -66,6 +79,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         route_handlers=[
             healthz,
             readyz,
+            metrics,
             command_status,
             WorkspaceController,
             ApiKeyController,
@@ -74,13 +88,15 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             *NEMO_ROUTES,
             *DEPLOYMENT_ROUTES,
             *DEPLOYMENT_ADAPTER_ROUTES,
+            *GATEWAY_ROUTES,
+            *USAGE_ROUTES,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={"bus": Provide(provide_bus, sync_to_thread=False)},
         middleware=[
             tracing_middleware,
-            DefineMiddleware(ApiKeyAuthentication, exclude=[f"^{p}" for p in sorted(PUBLIC_PATHS)]),
+            DefineMiddleware(ApiKeyAuthentication, exclude=[*(f"^{p}" for p in sorted(PUBLIC_PATHS)), GATEWAY_PATHS]),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(

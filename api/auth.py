@@ -18,7 +18,7 @@ from streams.api_keys import Role
 from streams.envelope import Actor, ActorType
 
 PREFIX = "lp"
-PUBLIC_PATHS = {"/healthz", "/readyz", "/schema"}
+PUBLIC_PATHS = {"/healthz", "/readyz", "/schema", "/metrics"}
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ async def _read_model_ready(state: State) -> bool:
         return False
 
 
-@get("/readyz", tags=["system"], summary="Broker, S3 and read model are reachable")
+@get("/readyz", tags=["system"], summary="Broker, S3 and read model are reachable, and the gateway follows the log")
 async def readyz(state: State) -> Response[dict[str, Any]]:
     settings = state.settings
     broker, s3, read_model = await asyncio.gather(
         kafka_ready(settings.require_kafka()), s3_ready(settings), _read_model_ready(state)
     )
-    checks = {"broker": broker, "s3": s3, "read_model": read_model}
+    checks = {"broker": broker, "s3": s3, "read_model": read_model, "gateway": bool(state.gateway.ready)}
     ready = all(checks.values())
     return Response({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 

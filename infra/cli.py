@@ -202,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="run the HTTP API and its read-model projector")
     sub.add_parser("worker", help="run the Faust agents")
     sub.add_parser("node", help="run a node agent: register this machine's devices and run vLLM on them")
+    sub.add_parser("gateway", help="run the inference gateway's routes on their own (OpenAI-compatible, /v1/...)")
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="issue a key and print it once")
@@ -235,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         from agents.app import run_worker
 
         run_worker(settings)
+        return 0
+    if args.command == "gateway":
+        from api.gateway.app import run_gateway
+
+        run_gateway(settings)
         return 0
     if args.command == "node":
         from agents.node.main import main as run_node

@@ -48,6 +48,8 @@ def stack(
         # The stack's node agent (tests/test_deployments_e2e.py deploys on it); other tests register fake nodes.
         "LORAPLANE_NODE_ID": "test-cpu-node",
         "LORAPLANE_NODE_DEVICES": "cpu:1",
+        # The gateway sends the usage it counted every second (10 s by default), so tests read it soon.
+        "LORAPLANE_GATEWAY_USAGE_FLUSH_S": "1",
     }
     with external_services() as external:
         running = start_stack(Path(tmp_path_factory.mktemp("stack")), extra_env={**sources, **(external or {})})

@@ -13,7 +13,8 @@ def test_health_needs_no_key(anonymous: Api) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"broker": True, "s3": True, "read_model": True}
+    assert ready.json()["checks"] == {"broker": True, "s3": True, "read_model": True, "gateway": True}
+    assert anonymous.get("/metrics").status_code == 200
 
 
 def test_every_other_route_needs_a_key(anonymous: Api, stack: Stack) -> None:

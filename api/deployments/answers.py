@@ -89,6 +89,7 @@ def deploy_answer(row: dict[str, Any], instances: list[dict[str, Any]]) -> Deplo
                 adapter=a["adapter_id"],
                 version=a["version"],
                 sha256=a["sha256"],
+                on_demand=bool(a.get("on_demand")),
                 instances=[
                     i["instance_id"]
                     for i in instances

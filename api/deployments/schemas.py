@@ -147,6 +147,9 @@ class ServedAdapter(BaseModel):
     adapter: str = Field(description="The registry's adapter (`workspace/name`)")
     version: int
     sha256: str
+    on_demand: bool = Field(
+        False, description="Loaded by the inference gateway for a request (evictable); false: served explicitly, pinned"
+    )
     instances: list[str] = Field(description="Instances where it is loaded")
 
 

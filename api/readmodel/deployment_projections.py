@@ -105,6 +105,7 @@ async def _adapter_attached(conn: AsyncConnection, event: Envelope) -> None:
             adapter_id=adapter.adapter_id,
             version=adapter.version,
             sha256=adapter.artifact.sha256,
+            on_demand=payload.on_demand,
             attached_at=event.occurred_at,
         )
     )
@@ -130,7 +131,7 @@ async def _adapter_checked(conn: AsyncConnection, event: Envelope) -> None:
 
 async def _adapter_detached(conn: AsyncConnection, event: Envelope) -> None:
     payload = event.payload
-    assert isinstance(payload, deployment_events.AdapterDetached)
+    assert isinstance(payload, deployment_events.AdapterDetached | deployment_events.AdapterEvicted)
     where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == payload.name)
     await conn.execute(delete(deployment_adapters).where(where))
     await _update_deployment(conn, event)
@@ -245,6 +246,7 @@ DEPLOYMENT_PROJECTIONS = {
     "instance.failed": _instance_reported,
     "deployment.adapter_attached": _adapter_attached,
     "deployment.adapter_detached": _adapter_detached,
+    "deployment.adapter_evicted": _adapter_detached,
     "deployment.adapter_checked": _adapter_checked,
     "adapter.loaded": _adapter_reported,
     "adapter.unloaded": _adapter_reported,

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.readmodel.deployment_projections import DEPLOYMENT_PROJECTIONS
 from api.readmodel.registry_projections import REGISTRY_PROJECTIONS
 from api.readmodel.tables import api_keys, command_outcomes, workspaces
+from api.readmodel.usage_projections import USAGE_PROJECTIONS
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked
 from streams.envelope import Envelope
 from streams.outcomes import CommandRejected
@@ -78,6 +79,7 @@ PROJECTIONS: dict[str, Projection] = {
     "api_key.revoked": _api_key_revoked,
     **REGISTRY_PROJECTIONS,
     **DEPLOYMENT_PROJECTIONS,
+    **USAGE_PROJECTIONS,
 }
 
 

@@ -26,6 +26,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+# The tables' shape, recorded with them: a read model made by another shape is dropped and rebuilt from the log
+# (api.readmodel.database.create_schema), as it is disposable.
+schema_fingerprints = Table(
+    "schema_fingerprints",
+    metadata,
+    Column("fingerprint", String(64), primary_key=True),
+)
+
 # The next offset to apply per partition, written in the same transaction as the rows it changed.
 projection_offsets = Table(
     "projection_offsets",
@@ -202,6 +210,7 @@ deployment_adapters = Table(
     Column("adapter_id", String(600), nullable=False, index=True),
     Column("version", Integer, nullable=False),
     Column("sha256", String(64), nullable=False),
+    Column("on_demand", Boolean, nullable=False, default=False),
     Column("attached_at", UTCDateTime(), nullable=False),
 )
 
@@ -254,4 +263,22 @@ cluster_nodes = Table(
     Column("lost_reason", Text),
     Column("registered_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# --- usage of the inference gateway -------------------------------------------------------------------------------
+
+# One row per row of a `usage.recorded` event: tokens of one API key, one model, one UTC minute, from one batch.
+usage_rows = Table(
+    "usage_rows",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("row", Integer, primary_key=True),
+    Column("minute", UTCDateTime(), nullable=False, index=True),
+    Column("api_key_id", String(64), nullable=False, index=True),
+    Column("model", String(512), nullable=False),
+    Column("base_model", String(255)),
+    Column("requests", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("gateway_id", String(255), nullable=False),
 )

@@ -1,0 +1,80 @@
+"""`loraplane gateway`: the inference gateway's routes on their own, for running gateway replicas apart from the API.
+
+The same code the API serves under `loraplane up`; it needs the broker (to follow the log and send load and usage
+commands) and the secret key store (to open the engines' keys), not the read model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+import streams.catalog  # noqa: F401 - registers every message type
+from api.errors import EXCEPTION_HANDLERS
+from api.gateway.metrics import metrics
+from api.gateway.routes import ROUTES
+from api.gateway.service import Gateway
+from api.system import healthz
+from api.tracing import tracing_middleware
+from infra.settings import Settings
+from infra.telemetry import configure_tracing
+
+
+@get("/readyz", tags=["system"], summary="The gateway follows the event log (503 while it does not)")
+async def gateway_readyz(state: State) -> Response[dict[str, Any]]:
+    ready = bool(state.gateway.ready)
+    body = {"status": "ready" if ready else "not ready", "checks": {"gateway": ready}}
+    return Response(body, status_code=200 if ready else 503)
+
+
+def create_gateway_app(settings: Settings) -> Litestar:
+    configure_tracing(settings, "gateway")
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    return Litestar(
+        route_handlers=[healthz, gateway_readyz, metrics, *ROUTES],
+        lifespan=[lifespan],
+        state=State({"settings": settings, "gateway": gateway}),
+        middleware=[tracing_middleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="loraplane gateway",
+            version="0.1.0",
+            description="OpenAI-compatible inference for every deployment and LoRA",
+            path="/schema",
+            components=Components(security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}),
+            security=[{"BearerAuth": []}],
+        ),
+        debug=False,
+    )
+
+
+def run_gateway(settings: Settings) -> None:
+    import signal
+
+    import uvicorn
+
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again once its own handler is gone: with this one in
+    # place the process ends with 0 rather than -SIGTERM, as the other loraplane processes do.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(
+        create_gateway_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

@@ -1,0 +1,121 @@
+"""Errors of the inference gateway in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+
+OpenAI's clients read this shape (and retry 408, 409, 429 and 5xx by themselves), so every gateway route answers it,
+never the HTTPValidationError shape of the rest of the API, and never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.retry_after_s = retry_after_s
+
+    def response(self) -> Response[Any]:
+        headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
+        if self.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return openai_error(self.status_code, self.message, self.error_type, self.code, self.param, headers)
+
+
+class BadRequest(GatewayError):
+    code = "invalid_request"
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class ModelNotFound(GatewayError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class Unavailable(GatewayError):
+    """The model exists, but nothing can answer it now: try again later (`Retry-After`)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "model_not_ready"
+
+
+class EngineFailed(GatewayError):
+    status_code = 502
+    error_type = "server_error"
+    code = "engine_error"
+
+
+class EngineTimedOut(GatewayError):
+    status_code = 504
+    error_type = "server_error"
+    code = "engine_timeout"
+
+
+def openai_error(
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return Response(body, status_code=status, headers=headers)
+
+
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    return exc.response()
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, ValidationException):
+        return openai_error(400, str(exc.detail), "invalid_request_error", "invalid_request")
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return openai_error(exc.status_code, str(exc.detail), kind, None, None, exc.headers)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return openai_error(500, "internal error; see the gateway's log", "server_error", "internal_error")
+
+
+# Every type the app's own handlers (api.errors) name, so none of theirs answers on a gateway route.
+GATEWAY_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    GatewayError: _gateway_error,
+    ValidationException: _http_error,
+    NotAuthorizedException: _http_error,
+    PermissionDeniedException: _http_error,
+    NotFoundException: _http_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}
