@@ -36,7 +36,7 @@ from infra.settings import Settings
 from infra.vllm_process import VllmApiError, VllmClient
 from streams.artifacts import Artifact, StoredFile, blob_key
 from tests.fake_hub import FakeHub, FakeRepo
-from tests.support import events, start_stack, stop_stack
+from tests.support import engine_key, events, start_stack, stop_stack
 from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 BASE_REPO = "bench/tiny-llama"
@@ -59,6 +59,7 @@ async def answer_when_served(client: VllmClient, name: str) -> None:
 async def rounds(
     api: httpx.AsyncClient,
     endpoint: str,
+    engine_key: str,
     deploy_id: str,
     loras: list[tuple[str, Path]],
     s3: Any,
@@ -67,7 +68,7 @@ async def rounds(
     sent_at: dict[str, datetime],
 ) -> list[tuple[float, float, float]]:
     out = []
-    async with VllmClient(endpoint) as vllm:
+    async with VllmClient(endpoint, api_key=engine_key) as vllm:
         for name, directory in loras:
             began = time.perf_counter()
             sent_at[name] = datetime.now(UTC)
@@ -209,8 +210,10 @@ async def _run(
                 raise SystemExit(f"the deployment did not run: {body['fail_reason']}")
             await asyncio.sleep(1)
         print(f"deployment running in {time.monotonic() - began:.0f}s")
-        endpoint = body["instance_details"][0]["endpoint"]
-        return await rounds(api, endpoint, deploy_id, loras, s3, env.get("S3_BUCKET", "loraplane"), work, sent_at)
+        [instance] = body["instance_details"]
+        key = engine_key(stack, instance["instance_id"])  # vLLM's own key: the raw baseline calls it directly
+        bucket = env.get("S3_BUCKET", "loraplane")
+        return await rounds(api, instance["endpoint"], key, deploy_id, loras, s3, bucket, work, sent_at)
 
 
 if __name__ == "__main__":
