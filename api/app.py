@@ -22,6 +22,7 @@ from api.deployments.routes import ROUTES as DEPLOYMENT_ROUTES
 from api.empower.routes import ROUTES as EMPOWER_ROUTES
 from api.errors import EXCEPTION_HANDLERS
 from api.gateway.metrics import metrics
+from api.gateway.openapi import document_proxied_routes
 from api.gateway.routes import GATEWAY_PATHS
 from api.gateway.routes import ROUTES as GATEWAY_ROUTES
 from api.gateway.service import Gateway
@@ -98,6 +99,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             tracing_middleware,
             DefineMiddleware(ApiKeyAuthentication, exclude=[*(f"^{p}" for p in sorted(PUBLIC_PATHS)), GATEWAY_PATHS]),
         ],
+        on_startup=[document_proxied_routes],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="loraplane",

@@ -1,4 +1,5 @@
-"""One server span per HTTP request; commands published inside it carry its context."""
+"""One server span per HTTP request, continuing the caller's trace (its `traceparent` header); commands published
+and engine requests sent inside it carry its context."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import cast
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from infra.telemetry import tracer
+from infra.telemetry import context_of, tracer
 
 
 def tracing_middleware(app: ASGIApp) -> ASGIApp:
@@ -17,7 +18,12 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
             return
         method = cast("HTTPScope", scope)["method"]
         name = f"{method} {scope['path']}"
-        with tracer("loraplane.api").start_as_current_span(name, kind=SpanKind.SERVER) as span:
+        incoming = next((bytes(v).decode("latin-1") for k, v in scope["headers"] if k == b"traceparent"), None)
+        parent = context_of(incoming)
+        with tracer("loraplane.api").start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as span:
+            if not span.is_recording():  # tracing is off: the caller's context is all there is to carry on
+                await app(scope, receive, send)
+                return
             span.set_attribute("http.request.method", method)
             span.set_attribute("url.path", scope["path"])
 

@@ -115,6 +115,11 @@ async def interleaved(rounds: int, *sides: Callable[[], Awaitable[Run]]) -> list
     return merged
 
 
+def connector() -> aiohttp.TCPConnector:
+    # Servers here (uvicorn) close a connection idle for 5 s: never reuse one that old.
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
 
@@ -124,7 +129,7 @@ async def part_a(stack: Stack, key: str, endpoint: str, engine: str, rounds: int
     body = {"model": SERVED, "prompt": PROMPT, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
     streamed = {**body, "stream": True}
     direct_url, gateway_url = f"{endpoint}/v1/completions", f"{stack.api_url}/v1/completions"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=connector()) as session:
         await load(session, gateway_url, key, body, 4, 20)  # warm both paths
         await load(session, direct_url, engine, body, 4, 20)
         for concurrency in (1, 8, 32):
@@ -152,7 +157,7 @@ async def part_b(stack: Stack, key: str, stub_endpoint: str, stub_key: str, gate
     print("\n(b) capacity against the stub engine, 64 concurrent: direct vs a `loraplane gateway` process")
     body = {"model": STUB_SERVED, "prompt": PROMPT, "max_tokens": 4}
     direct_url, through_url = f"{stub_endpoint}/v1/completions", f"{gateway_url}/v1/completions"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=connector()) as session:
         await load(session, through_url, key, body, 64, 2000)  # warm
         await load(session, direct_url, stub_key, body, 64, 2000)
         direct, through = await interleaved(
@@ -265,9 +270,11 @@ async def run(stack: Stack, hub: FakeHub, loras: list[tuple[str, Path]], work: P
             answer = await api.post("/api/v1/lora", params={"wait": 60}, json=body)
             if answer.status_code != 200:
                 raise SystemExit(f"registering {name} answered {answer.status_code}: {answer.text[:500]}")
-        answer = await api.post("/deploy/llm", params={"wait": 20}, json=cpu_deploy_body(SERVED, BASE_REPO))
+        # As many sequences in one batch as the highest concurrency: what it measures is the gateway, not vLLM's queue.
+        body = {**cpu_deploy_body(SERVED, BASE_REPO), "max_batch_size": 32}
+        answer = await api.post("/deploy/llm", params={"wait": 20}, json=body)
         [instance] = await wait_running(api, answer.json()["deploy_id"], 1)
-        engine = engine_key(stack, instance["instance_id"])
+        engine = await asyncio.to_thread(engine_key, stack, instance["instance_id"])
         if "a" in args.parts:
             await part_a(stack, key, instance["endpoint"], engine, args.rounds)
         if "c" in args.parts:
@@ -280,7 +287,7 @@ async def run(stack: Stack, hub: FakeHub, loras: list[tuple[str, Path]], work: P
                 [stub_instance] = await wait_running(api, answer.json()["deploy_id"], 1)
                 gateway, url = gateway_process(stack, work)
                 try:
-                    stub_key = engine_key(stack, stub_instance["instance_id"])
+                    stub_key = await asyncio.to_thread(engine_key, stack, stub_instance["instance_id"])
                     await part_b(stack, key, stub_instance["endpoint"], stub_key, url, args.requests)
                 finally:
                     gateway.terminate()

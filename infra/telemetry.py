@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,10 @@ def configure_tracing(settings: Settings, component: str, exporter: SpanExporter
     if _configured:
         return
     _configured = True
+    if exporter is None and settings.otel_exporter == "none":
+        # No provider: spans cost nothing and record nothing, and a caller's trace context still passes through
+        # (a span started under a remote parent is that parent), into commands, events and the engines.
+        return
     provider = TracerProvider(
         resource=Resource.create({"service.name": settings.otel_service_name, "loraplane.component": component})
     )
@@ -51,8 +56,18 @@ def configure_tracing(settings: Settings, component: str, exporter: SpanExporter
     trace.set_tracer_provider(provider)
 
 
+@functools.cache
 def tracer(name: str = "loraplane") -> trace.Tracer:
+    """One tracer per name (made once: the SDK makes a new one per call, on every request's path). One made before
+    `configure_tracing` is a proxy that uses the provider set later."""
     return trace.get_tracer(name)
+
+
+def context_of(traceparent: str | None) -> otel_context.Context | None:
+    """The context a W3C `traceparent` names (None for none or a malformed one)."""
+    if not traceparent:
+        return None
+    return _propagator.extract({"traceparent": traceparent})
 
 
 def current_traceparent() -> str | None:

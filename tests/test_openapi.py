@@ -25,3 +25,13 @@ def test_every_route_is_documented(anonymous: Api) -> None:
     name = spec["components"]["schemas"][body]["properties"]["name"]
     assert name["maxLength"] == 255 and name["pattern"] == "^[A-Za-z0-9_.\\-]+$"
     assert any(p["name"] == "wait" and p["in"] == "query" for p in create["parameters"])
+
+
+def test_the_gateway_s_routes_are_documented_with_openai_s_error_shape(anonymous: Api) -> None:
+    paths = anonymous.get("/schema/openapi.json").json()["paths"]
+    assert {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v2/usage"} <= set(paths)
+    completions = paths["/v1/completions"]["post"]
+    assert completions["requestBody"]["content"]["application/json"]["schema"]["required"] == ["model"]
+    assert {"200", "400", "401", "404", "502", "503", "504"} <= set(completions["responses"])
+    error = completions["responses"]["404"]["content"]["application/json"]["schema"]
+    assert set(error["properties"]["error"]["properties"]) == {"message", "type", "param", "code"}

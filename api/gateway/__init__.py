@@ -1,1 +1,2 @@
-"""The inference gateway: one OpenAI-compatible endpoint for every deployment and LoRA (README, "Calling your models")."""
+"""The inference gateway: one OpenAI-compatible endpoint for every deployment and LoRA (README, "Calling your
+models")."""

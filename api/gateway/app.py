@@ -18,6 +18,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 import streams.catalog  # noqa: F401 - registers every message type
 from api.errors import EXCEPTION_HANDLERS
 from api.gateway.metrics import metrics
+from api.gateway.openapi import document_proxied_routes
 from api.gateway.routes import ROUTES
 from api.gateway.service import Gateway
 from api.system import healthz
@@ -50,6 +51,7 @@ def create_gateway_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         state=State({"settings": settings, "gateway": gateway}),
         middleware=[tracing_middleware],
+        on_startup=[document_proxied_routes],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="loraplane gateway",

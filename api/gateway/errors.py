@@ -7,8 +7,11 @@ never the HTTPValidationError shape of the rest of the API, and never a tracebac
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -19,6 +22,17 @@ from litestar.exceptions import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Answer:
+    """What the gateway answers: a whole body, or a stream of chunks sent as they come."""
+
+    status: int
+    content_type: str
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class GatewayError(Exception):
@@ -40,11 +54,20 @@ class GatewayError(Exception):
         self.code = code or self.code
         self.retry_after_s = retry_after_s
 
-    def response(self) -> Response[Any]:
+    def headers(self) -> dict[str, str]:
         headers = {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
         if self.status_code == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        return openai_error(self.status_code, self.message, self.error_type, self.code, self.param, headers)
+        return headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.code, self.param)
+
+    def answer(self) -> Answer:
+        return Answer(self.status_code, "application/json", msgspec.json.encode(self.body()), headers=self.headers())
+
+    def response(self) -> Response[Any]:
+        return Response(self.body(), status_code=self.status_code, headers=self.headers())
 
 
 class BadRequest(GatewayError):
@@ -81,6 +104,21 @@ class EngineTimedOut(GatewayError):
     code = "engine_timeout"
 
 
+class Internal(GatewayError):
+    status_code = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+
+class TooLarge(GatewayError):
+    status_code = 413
+    code = "request_too_large"
+
+
+def error_body(message: str, error_type: str, code: str | None, param: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 def openai_error(
     status: int,
     message: str,
@@ -89,8 +127,7 @@ def openai_error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return Response(body, status_code=status, headers=headers)
+    return Response(error_body(message, error_type, code, param), status_code=status, headers=headers)
 
 
 def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Response, get, post
+from litestar import Litestar, Request, asgi, get
 from litestar.datastructures import State
 from litestar.params import FromPath
+from litestar.types import Receive, Scope, Send
 
+from api.gateway.asgi import serve
 from api.gateway.errors import GATEWAY_EXCEPTION_HANDLERS, ModelNotFound
 from api.gateway.service import Gateway
 
@@ -53,22 +55,11 @@ async def get_model(model: FromPath[str], request: Request[Any, Any, State]) -> 
     raise ModelNotFound(f"the model {wanted!r} does not exist", param="model")
 
 
-@post(
-    PROXIED,
-    tags=["inference"],
-    summary="OpenAI completions, chat completions and embeddings, answered by the engine serving `model`",
-    description=(
-        "`model` is a deployment's model_name or an adapter's name (Empower or DeepInfra name, or NeMo "
-        "`workspace/name`), optionally `name@vN`. A stored adapter no instance holds is loaded on demand first. "
-        "`stream: true` passes the engine's server-sent events through as they come."
-    ),
-    status_code=200,
-    exception_handlers=GATEWAY_EXCEPTION_HANDLERS,
-)
-async def proxy(request: Request[Any, Any, State]) -> Response[Any]:
-    gateway = _gateway(request.app.state)
-    principal = await gateway.authenticate(request.headers.get("authorization"))
-    return await gateway.forward(request.url.path, await request.body(), principal)
+@asgi(PROXIED, copy_scope=False)
+async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
+    """OpenAI completions, chat completions and embeddings, answered by the engine serving `model` (in the OpenAPI
+    document through api.gateway.openapi: Litestar leaves ASGI handlers out of it)."""
+    await serve(_gateway(Litestar.from_scope(scope).state), scope, receive, send)
 
 
 ROUTES: list[Any] = [list_models, get_model, proxy]

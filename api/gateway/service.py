@@ -14,18 +14,17 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaProducer
-from litestar import Response
-from litestar.response import Stream
 
 from api.auth import Principal, hash_key, key_id_of
 from api.gateway import metrics
 from api.gateway.errors import (
+    Answer,
     BadRequest,
     EngineFailed,
     EngineTimedOut,
@@ -326,7 +325,7 @@ class Gateway:
 
     # --- forwarding -----------------------------------------------------------------------------------------------
 
-    async def forward(self, path: str, raw: bytes, principal: Principal) -> Response[Any]:
+    async def forward(self, path: str, raw: bytes, principal: Principal) -> Answer:
         """Answer one OpenAI request (`path` is /v1/completions, /v1/chat/completions or /v1/embeddings)."""
         started = time.perf_counter()
         body = _json_object(raw)
@@ -334,18 +333,18 @@ class Gateway:
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required: a deployment's model_name or an adapter's name", param="model")
         try:
-            response = await self._forward(path, body, model, principal, started)
+            answer = await self._forward(path, body, model, principal, started)
         except GatewayError as exc:
             metrics.REQUESTS.labels(model, str(exc.status_code)).inc()
             raise
-        if not isinstance(response, Stream):
-            metrics.REQUESTS.labels(model, str(response.status_code)).inc()
+        if answer.stream is None:
+            metrics.REQUESTS.labels(model, str(answer.status)).inc()
             metrics.LATENCY.labels(model).observe(time.perf_counter() - started)
-        return response
+        return answer
 
     async def _forward(
         self, path: str, body: dict[str, Any], model: str, principal: Principal, started: float
-    ) -> Response[Any]:
+    ) -> Answer:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("`stream` is true or false", param="stream")
@@ -360,9 +359,10 @@ class Gateway:
         call = _Call(model, principal, self._base_model(target), started)
         upstream = await self._send_to_engine(path, body, routes, call)
         if stream and upstream.status == 200:
-            return Stream(
-                self._relay(upstream, call, strip_usage=not client_wants_usage),
-                media_type=upstream.content_type,
+            return Answer(
+                200,
+                upstream.content_type,
+                stream=self._relay(upstream, call, strip_usage=not client_wants_usage),
                 headers={"Cache-Control": "no-cache"},
             )
         try:
@@ -378,7 +378,7 @@ class Gateway:
             raise EngineFailed(f"the engine answered {upstream.status}: {text}")
         if upstream.status == 200:
             self._meter(call, usage_of_body(content))
-        return Response(content, status_code=upstream.status, media_type=upstream.content_type)
+        return Answer(upstream.status, upstream.content_type, content)
 
     async def _send_to_engine(
         self, path: str, body: dict[str, Any], routes: list[Route], call: _Call
@@ -410,35 +410,40 @@ class Gateway:
                 raise
         raise AssertionError("unreachable: routes is never empty")
 
-    async def _relay(self, upstream: EngineResponse, call: _Call, *, strip_usage: bool) -> AsyncIterator[bytes]:
-        """The engine's events as they come; a client that goes away closes the engine's connection (and so stops
-        its generation)."""
+    def _relay(self, upstream: EngineResponse, call: _Call, *, strip_usage: bool) -> Relay:
+        """The engine's events as they come. Closing the relay (after the last event, or when the client went away)
+        releases the engine's connection, or closes it when the answer was cut short (vLLM then stops generating),
+        and counts the request: whether or not it was ever read."""
         parser = SseUsage(strip_usage=strip_usage)
-        first = True
-        finished = False
-        try:
-            async for chunk in upstream.chunks():
-                out = parser.feed(chunk)
-                if out:
-                    if first:
-                        metrics.TIME_TO_FIRST_TOKEN.labels(call.model).observe(time.perf_counter() - call.started)
-                        first = False
-                    yield out
-            if tail := parser.finish():
-                yield tail
-            finished = True
-        except (EngineTimeout, EngineBroken) as exc:
-            error = {"error": {"message": str(exc), "type": "server_error", "param": None, "code": "engine_error"}}
-            yield b"data: " + msgspec.json.encode(error) + b"\n\n"
-        finally:
-            if finished:
+
+        async def events() -> AsyncIterator[bytes]:
+            first = True
+            try:
+                async for chunk in upstream.chunks():
+                    out = parser.feed(chunk)
+                    if out:
+                        if first:
+                            elapsed = time.perf_counter() - call.started
+                            metrics.TIME_TO_FIRST_TOKEN.labels(call.model).observe(elapsed)
+                            first = False
+                        yield out
+                if tail := parser.finish():
+                    yield tail
+            except (EngineTimeout, EngineBroken) as exc:
+                error = {"error": {"message": str(exc), "type": "server_error", "param": None, "code": "engine_error"}}
+                yield b"data: " + msgspec.json.encode(error) + b"\n\n"
+
+        def finish(whole: bool) -> None:
+            if whole:
                 upstream.release()
             else:
                 upstream.close()
             self._done(call)
             self._meter(call, parser.usage)
-            metrics.REQUESTS.labels(call.model, "200" if finished else "499").inc()
+            metrics.REQUESTS.labels(call.model, "200" if whole else "499").inc()
             metrics.LATENCY.labels(call.model).observe(time.perf_counter() - call.started)
+
+        return Relay(events(), finish)
 
     # --- bookkeeping ----------------------------------------------------------------------------------------------
 
@@ -488,6 +493,37 @@ class Gateway:
         )
         metrics.TOKENS.labels(call.model, "prompt").inc(usage.prompt_tokens)
         metrics.TOKENS.labels(call.model, "completion").inc(usage.completion_tokens)
+
+
+class Relay:
+    """An async iterator of chunks whose `finish(whole)` runs exactly once, at `aclose()`, even when it was never
+    iterated (an async generator's own `finally` would not run then)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], finish: Callable[[bool], None]) -> None:
+        self._chunks = chunks
+        self._finish: Callable[[bool], None] | None = finish
+        self._whole = False
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            self._whole = True
+            raise
+
+    async def aclose(self) -> None:
+        finish, self._finish = self._finish, None
+        if finish is None:
+            return
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            finish(self._whole)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
