@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from agents.state import AgentState
-from infra.kafka import make_bulk_consumer, make_consumer, read_to_end, stop_quietly
+from infra.kafka import make_consumer, read_from_start, stop_quietly
 from infra.settings import Settings
 from streams.envelope import Envelope
 from streams.serialization import MessageDecodeError, decode
@@ -38,21 +38,8 @@ class EventLogFollower:
 
     async def start(self) -> None:
         started = time.perf_counter()
-        bulk = make_bulk_consumer(self._settings)
-        await bulk.start()
-        try:
-            partitions = bulk.partitions_for_topic(EVENTS.name)
-            if not partitions:
-                raise RuntimeError(f"topic {EVENTS.name} does not exist (the stack creates it)")
-            self._partitions = [TopicPartition(EVENTS.name, p) for p in sorted(partitions)]
-            bulk.assign(self._partitions)
-            await bulk.seek_to_beginning(*self._partitions)
-            await read_to_end(
-                bulk, self._partitions, self._fold, fetch_max_wait_ms=self._settings.kafka_bulk_fetch_max_wait_ms
-            )
-            positions = {tp: await bulk.position(tp) for tp in self._partitions}
-        finally:
-            await stop_quietly(bulk)
+        positions = await read_from_start(self._settings, EVENTS, self._fold)
+        self._partitions = list(positions)
         # From here on, a short fetch wait: catch-ups sit on the path of every decision.
         consumer = make_consumer(self._settings)
         await consumer.start()

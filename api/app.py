@@ -9,8 +9,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware.base import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 from opentelemetry.sdk.trace.export import SpanExporter
 
 import streams.catalog  # noqa: F401 - registers every message type
@@ -28,6 +26,7 @@ from api.gateway.routes import ROUTES as GATEWAY_ROUTES
 from api.gateway.service import Gateway
 from api.lora_files.routes import ROUTES as LORA_FILE_ROUTES
 from api.nemo.routes import ROUTES as NEMO_ROUTES
+from api.openapi import openapi_config
 from api.readmodel.database import create_engine, create_schema
 from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
@@ -101,14 +100,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         ],
         on_startup=[document_proxied_routes],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(
-            title="loraplane",
-            version="0.1.0",
-            description="Control plane for LoRA adapters and LLM deployments",
-            path="/schema",
-            components=Components(security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}),
-            security=[{"BearerAuth": []}],
-        ),
+        openapi_config=openapi_config("loraplane", "Control plane for LoRA adapters and LLM deployments"),
         debug=False,
     )
 

@@ -124,7 +124,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
 
 
-async def part_a(stack: Stack, key: str, endpoint: str, engine: str, rounds: int) -> None:
+async def part_a(stack: Stack, key: str, endpoint: str, engine: str, rounds: int, levels: list[int]) -> None:
     print("\n(a) real vLLM (tiny Llama, CPU), 16-token completions: direct vs through the gateway")
     body = {"model": SERVED, "prompt": PROMPT, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
     streamed = {**body, "stream": True}
@@ -132,7 +132,7 @@ async def part_a(stack: Stack, key: str, endpoint: str, engine: str, rounds: int
     async with aiohttp.ClientSession(connector=connector()) as session:
         await load(session, gateway_url, key, body, 4, 20)  # warm both paths
         await load(session, direct_url, engine, body, 4, 20)
-        for concurrency in (1, 8, 32):
+        for concurrency in levels:
             count = max(24, concurrency * 4)
             direct, through = await interleaved(
                 rounds,
@@ -143,6 +143,10 @@ async def part_a(stack: Stack, key: str, endpoint: str, engine: str, rounds: int
                 rounds,
                 lambda c=concurrency, n=count: load(session, direct_url, engine, streamed, c, n),
                 lambda c=concurrency, n=count: load(session, gateway_url, key, streamed, c, n),
+            )
+            print(
+                f"  concurrency {concurrency:2d}: p99 {ms(direct.pct(99))} direct, {ms(through.pct(99))} through; "
+                f"max {ms(max(direct.latencies))} direct, {ms(max(through.latencies))} through"
             )
             print(
                 f"  concurrency {concurrency:2d}: {direct.rps:6.1f} req/s direct, {through.rps:6.1f} through "
@@ -276,7 +280,8 @@ async def run(stack: Stack, hub: FakeHub, loras: list[tuple[str, Path]], work: P
         [instance] = await wait_running(api, answer.json()["deploy_id"], 1)
         engine = await asyncio.to_thread(engine_key, stack, instance["instance_id"])
         if "a" in args.parts:
-            await part_a(stack, key, instance["endpoint"], engine, args.rounds)
+            levels = [int(c) for c in args.concurrency.split(",")]
+            await part_a(stack, key, instance["endpoint"], engine, args.rounds, levels)
         if "c" in args.parts:
             await part_c(stack, key, instance["endpoint"], engine, loras, work)
         if "b" in args.parts:
@@ -300,6 +305,7 @@ async def run(stack: Stack, hub: FakeHub, loras: list[tuple[str, Path]], work: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="abc", help="which parts to run (a, b, c)")
+    parser.add_argument("--concurrency", default="1,8,32", help="(a): concurrency levels")
     parser.add_argument("--rounds", type=int, default=3, help="(a): interleaved rounds per concurrency")
     parser.add_argument("--requests", type=int, default=5000, help="(b): requests per round")
     parser.add_argument("--loras", type=int, default=3, help="(c): cold LoRAs")

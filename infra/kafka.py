@@ -14,6 +14,8 @@ from streams.envelope import Envelope
 from streams.serialization import encode, headers_for, key_for
 from streams.topics import TopicSpec
 
+OnRecords = Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[None] | None]
+
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     # No idempotent producer: Tansu does not support it, and every handler dedupes anyway.
@@ -55,10 +57,28 @@ async def publish(producer: AIOKafkaProducer, topic: TopicSpec, envelope: Envelo
     )
 
 
+async def read_from_start(settings: Settings, topic: TopicSpec, on_records: OnRecords) -> dict[TopicPartition, int]:
+    """Read every partition of `topic` from offset 0 to its end as it is now, with a bulk consumer (a longer fetch
+    wait: Tansu then puts more batches in each answer); the positions reached, to follow the topic from."""
+    bulk = make_bulk_consumer(settings)
+    await bulk.start()
+    try:
+        found = bulk.partitions_for_topic(topic.name)
+        if not found:
+            raise RuntimeError(f"topic {topic.name} does not exist (the stack creates it)")
+        partitions = [TopicPartition(topic.name, p) for p in sorted(found)]
+        bulk.assign(partitions)
+        await bulk.seek_to_beginning(*partitions)
+        await read_to_end(bulk, partitions, on_records, fetch_max_wait_ms=settings.kafka_bulk_fetch_max_wait_ms)
+        return {tp: await bulk.position(tp) for tp in partitions}
+    finally:
+        await stop_quietly(bulk)
+
+
 async def read_to_end(
     consumer: AIOKafkaConsumer,
     partitions: Sequence[TopicPartition],
-    on_records: Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[None] | None],
+    on_records: OnRecords,
     *,
     fetch_max_wait_ms: int,
     max_records: int | None = None,

@@ -239,3 +239,20 @@ def engine_key(stack: Stack, instance_id: str) -> str:
     box = open_secret_box(Settings(data_dir=stack.data_dir))
     context = engine_key_context(event["aggregate_id"], instance_id)
     return box.open(event["payload"]["sealed_api_key"], context=context)
+
+
+def deploy_and_wait_running(client: Api, body: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
+    """`POST /deploy/llm` and the Deploy object once it runs (an assertion error with the reason if it fails)."""
+    answer = client.post("/deploy/llm", params={"wait": 20}, json=body)
+    assert answer.status_code == 200, answer.text
+    deploy_id = answer.json()["deploy_id"]
+
+    def running() -> dict[str, Any] | None:
+        got = client.get(f"/deploy/{deploy_id}").json()
+        assert got["status"] != "failed", got["fail_reason"]
+        return got if got["status"] == "running" else None
+
+    began = time.monotonic()
+    deployed: dict[str, Any] = wait_until(running, timeout=timeout, interval=1.0, message="the deployment running")
+    print(f"deployment {deploy_id} running in {time.monotonic() - began:.0f}s")
+    return deployed

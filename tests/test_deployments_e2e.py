@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from infra.vllm_process import VllmApiError, VllmClient
 from tests.fake_hub import FakeHub, FakeRepo
-from tests.support import Api, engine_key, wait_until
+from tests.support import Api, deploy_and_wait_running, engine_key, wait_until
 from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -102,18 +101,8 @@ def served(
             make_lora_adapter(base, root / name, seed=seed, rank=rank, base_model_name=BASE_REPO),
         )
     user = Api(stack, user_key)
-    answer = user.post("/deploy/llm", params={"wait": 20}, json=cpu_deploy_body(SERVED, BASE_REPO))
-    assert answer.status_code == 200, answer.text
-    deploy_id = answer.json()["deploy_id"]
-
-    def running() -> dict[str, Any] | None:
-        body = deployment(user, deploy_id)
-        assert body["status"] != "failed", body["fail_reason"]
-        return body if body["status"] == "running" else None
-
-    began = time.monotonic()
-    body = wait_until(running, timeout=START_TIMEOUT_S, interval=1.0, message="the deployment running")
-    print(f"deployment {deploy_id} running in {time.monotonic() - began:.0f}s")
+    body = deploy_and_wait_running(user, cpu_deploy_body(SERVED, BASE_REPO), START_TIMEOUT_S)
+    deploy_id = body["deploy_id"]
     [instance] = body["instance_details"]
     try:
         key = engine_key(stack, instance["instance_id"])

@@ -23,7 +23,7 @@ import pytest
 
 from infra.vllm_process import VllmClient
 from tests.fake_hub import FakeHub, FakeRepo
-from tests.support import Api, Stack, engine_key, wait_until
+from tests.support import Api, Stack, deploy_and_wait_running, engine_key, wait_until
 from tests.tiny_llama import CHAT_TEMPLATE, cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -91,18 +91,8 @@ def engine(
         body = {"model_source": "HF_HUB", "model_name": f"loraplane-tests/{name}", "name": name}
         answer = user.post("/api/v1/lora", json=body, params=WAIT)
         assert answer.status_code == 200, answer.text
-    answer = user.post("/deploy/llm", params={"wait": 20}, json=cpu_deploy_body(SERVED, BASE_REPO))
-    assert answer.status_code == 200, answer.text
-    deploy_id = answer.json()["deploy_id"]
-
-    def running() -> dict[str, Any] | None:
-        body = deployment(user, deploy_id)
-        assert body["status"] != "failed", body["fail_reason"]
-        return body if body["status"] == "running" else None
-
-    began = time.monotonic()
-    body = wait_until(running, timeout=START_TIMEOUT_S, interval=1.0, message="the deployment running")
-    print(f"deployment {deploy_id} running in {time.monotonic() - began:.0f}s")
+    body = deploy_and_wait_running(user, cpu_deploy_body(SERVED, BASE_REPO), START_TIMEOUT_S)
+    deploy_id = body["deploy_id"]
     [instance] = body["instance_details"]
     try:
         yield Engine(deploy_id, instance["endpoint"], engine_key(stack, instance["instance_id"]))

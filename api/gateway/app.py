@@ -12,8 +12,6 @@ from typing import Any
 
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 import streams.catalog  # noqa: F401 - registers every message type
 from api.errors import EXCEPTION_HANDLERS
@@ -21,6 +19,7 @@ from api.gateway.metrics import metrics
 from api.gateway.openapi import document_proxied_routes
 from api.gateway.routes import ROUTES
 from api.gateway.service import Gateway
+from api.openapi import openapi_config
 from api.system import healthz
 from api.tracing import tracing_middleware
 from infra.settings import Settings
@@ -53,14 +52,7 @@ def create_gateway_app(settings: Settings) -> Litestar:
         middleware=[tracing_middleware],
         on_startup=[document_proxied_routes],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(
-            title="loraplane gateway",
-            version="0.1.0",
-            description="OpenAI-compatible inference for every deployment and LoRA",
-            path="/schema",
-            components=Components(security_schemes={"BearerAuth": SecurityScheme(type="http", scheme="bearer")}),
-            security=[{"BearerAuth": []}],
-        ),
+        openapi_config=openapi_config("loraplane gateway", "OpenAI-compatible inference for every deployment and LoRA"),
         debug=False,
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from api.gateway.state import RoutingState
-from infra.kafka import make_bulk_consumer, make_consumer, read_to_end, stop_quietly
+from infra.kafka import make_consumer, read_from_start, stop_quietly
 from infra.settings import Settings
 from streams.serialization import MessageDecodeError, decode
 from streams.topics import EVENTS
@@ -104,19 +104,7 @@ class RoutingFollower:
 
     async def _fold_to_end(self) -> dict[TopicPartition, int]:
         started = time.perf_counter()
-        bulk = make_bulk_consumer(self._settings)
-        await bulk.start()
-        try:
-            partitions = bulk.partitions_for_topic(EVENTS.name)
-            if not partitions:
-                raise RuntimeError(f"topic {EVENTS.name} does not exist (the stack creates it)")
-            assigned = [TopicPartition(EVENTS.name, p) for p in sorted(partitions)]
-            bulk.assign(assigned)
-            await bulk.seek_to_beginning(*assigned)
-            await read_to_end(bulk, assigned, self._fold, fetch_max_wait_ms=self._settings.kafka_bulk_fetch_max_wait_ms)
-            positions = {tp: await bulk.position(tp) for tp in assigned}
-        finally:
-            await stop_quietly(bulk)
+        positions = await read_from_start(self._settings, EVENTS, self._fold)
         log.info("gateway: event log folded in (%d events) in %.1fs", self.state.applied, time.perf_counter() - started)
         self._tick()
         return positions
