@@ -132,8 +132,9 @@ async def _stage(
         with PushMultipartParser(boundary, max_segment_count=MAX_PARTS, strict=True) as parser:
             async for chunk in request.stream():
                 received += len(chunk)
-                if received > max_bytes + FORM_OVERHEAD_BYTES:  # framing or preamble beyond any real form
-                    raise ContentTooLarge(f"the body is larger than {max_bytes} bytes", loc=["body"])
+                # The parts' own limits (the file's, the fields') speak first: one piece of the body may hold the byte
+                # that crosses the file's limit and more than the framing allowance beyond it (uvicorn's httptools
+                # protocol passes the body on in larger pieces than its h11 one).
                 for event in parser.parse(chunk):
                     if isinstance(event, MultipartSegment):
                         current = event
@@ -165,6 +166,8 @@ async def _stage(
                                 f"form fields are larger than {MAX_FIELD_BYTES} bytes together", loc=["body"]
                             )
                         text += event
+                if received > max_bytes + FORM_OVERHEAD_BYTES:  # framing or preamble beyond any real form
+                    raise ContentTooLarge(f"the body is larger than {max_bytes} bytes", loc=["body"])
                 if parser.closed:
                     break
     except MultipartError as exc:
