@@ -106,8 +106,13 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
 
 
 def run_api(settings: Settings) -> None:
+    import signal
+
     import uvicorn
 
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again once its own handler is gone: with this one in
+    # place the process ends with 0 rather than -SIGTERM, as the other loraplane processes do.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

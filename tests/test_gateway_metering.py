@@ -36,12 +36,12 @@ def test_events_pass_through_whole_and_the_usage_chunk_is_read_and_stripped(cut:
         out = b"".join(parser.feed(stream[i : i + cut]) for i in range(0, len(stream), cut)) + parser.finish()
         expected = b"".join(c for c in CHUNKS if not (strip and b'"usage"' in c))
         assert out == expected
-        assert parser.usage == Usage(3, 2)
+        assert parser.usage == Usage(3, 2) and parser.done
 
 
 def test_an_event_is_forwarded_as_soon_as_it_is_complete() -> None:
     parser = SseUsage(strip_usage=True)
-    assert parser.feed(CHUNKS[0][:10]) == b""
+    assert parser.feed(CHUNKS[0][:10]) == b"" and not parser.done
     assert parser.feed(CHUNKS[0][10:] + CHUNKS[1][:5]) == CHUNKS[0]
     assert parser.feed(CHUNKS[1][5:]) == CHUNKS[1]
 

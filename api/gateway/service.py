@@ -440,7 +440,8 @@ class Gateway:
                 upstream.close()
             self._done(call)
             self._meter(call, parser.usage)
-            metrics.REQUESTS.labels(call.model, "200" if whole else "499").inc()
+            # A client that stops reading at `data: [DONE]` got the whole answer; one that left before, 499.
+            metrics.REQUESTS.labels(call.model, "200" if whole or parser.done else "499").inc()
             metrics.LATENCY.labels(call.model).observe(time.perf_counter() - call.started)
 
         return Relay(events(), finish)

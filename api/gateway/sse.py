@@ -43,6 +43,7 @@ class SseUsage:
         self._strip = strip_usage
         self._pending = b""
         self.usage: Usage | None = None
+        self.done = False  # `data: [DONE]` went through: the client has the whole answer
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete events in what arrived so far, to forward now; a partial event waits for its end."""
@@ -50,7 +51,7 @@ class SseUsage:
         end = max(data.rfind(sep) + len(sep) if data.rfind(sep) >= 0 else 0 for sep in _SEPARATORS)
         self._pending = data[end:]
         complete = data[:end]
-        if not complete or b'"usage"' not in complete:
+        if not complete or (b'"usage"' not in complete and b"[DONE]" not in complete):
             return complete
         return b"".join(self._event(event) for event in _split(complete))
 
@@ -60,6 +61,8 @@ class SseUsage:
         return self._event(rest) if rest else b""
 
     def _event(self, event: bytes) -> bytes:
+        if event.startswith(b"data: [DONE]"):
+            self.done = True
         if b'"usage"' not in event:
             return event
         body = b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
