@@ -30,6 +30,7 @@ from api.openapi import openapi_config
 from api.readmodel.database import create_engine, create_schema
 from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
+from api.server import serve
 from api.system import command_status, healthz, readyz
 from api.tracing import tracing_middleware
 from api.usage.routes import ROUTES as USAGE_ROUTES
@@ -106,17 +107,4 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
 
 
 def run_api(settings: Settings) -> None:
-    import signal
-
-    import uvicorn
-
-    # uvicorn stops gracefully on SIGTERM, then raises the signal again once its own handler is gone: with this one in
-    # place the process ends with 0 rather than -SIGTERM, as the other loraplane processes do.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    serve(create_app(settings), settings.api_host, settings.api_port, settings.log_level)

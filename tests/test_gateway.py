@@ -13,6 +13,7 @@ order.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -31,13 +32,14 @@ import pytest
 
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.peft_artifacts import peft_lora_files, peft_repo_files
-from tests.support import Api, Stack, events, free_port, wait_until
+from tests.support import Api, Stack, engine_key, events, free_port, read_topic, wait_until
 
 STUB = Path(__file__).with_name("stub_engine.py")
 BASE_REPO = "loraplane-tests/stub-llama"
 SERVED = "stub-llama"
 CONFIG = b'{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}'
 WAIT = {"wait": 30}
+TOPICS = ("loraplane.events", "loraplane.commands", "loraplane.deadletter")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class StubNode:
     deploy_id: str
     endpoints: list[str]
     process: subprocess.Popen[bytes]
+    data_dir: Path
 
 
 def stub_text(model: str, prompt: str, max_tokens: int) -> str:
@@ -121,7 +124,7 @@ def stub_node(
             return endpoints if len(endpoints) == 2 else None
 
         endpoints = wait_until(running, timeout=90, interval=0.3, message="both stub instances running")
-        yield StubNode(node_id, deploy_id, sorted(endpoints), node)
+        yield StubNode(node_id, deploy_id, sorted(endpoints), node, root / "data")
     finally:
         if deploy_id is not None:
             user.delete(f"/deploy/{deploy_id}", params=WAIT)
@@ -165,6 +168,18 @@ def test_completions_reach_the_engine_on_the_node_s_address_with_the_engine_s_ow
             timeout=5,
         )
         assert guessed.status_code == 401
+
+
+def test_an_engine_s_key_is_in_no_log_topic_or_answer(stack: Stack, user: Api, stub_node: StubNode) -> None:
+    details = deployment(user, stub_node.deploy_id)["instance_details"]
+    keys = [engine_key(stack, i["instance_id"]) for i in details]
+    assert all(len(k) > 30 for k in keys)
+    places = {f"topic {t}": b"".join(r.value or b"" for r in read_topic(stack.bootstrap, t)) for t in TOPICS}
+    places["GET /deploy"] = json.dumps(details).encode()
+    for log in [*stack.data_dir.glob("logs/*.log"), *stub_node.data_dir.glob("logs/*.log")]:
+        places[str(log)] = log.read_bytes()
+    for where, data in places.items():
+        assert not any(k.encode() in data for k in keys), f"an engine key in {where}"
 
 
 def test_errors_are_in_openai_s_shape(stack: Stack, user_key: str, stub_node: StubNode) -> None:

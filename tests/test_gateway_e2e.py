@@ -212,3 +212,10 @@ def test_errors_and_usage_through_the_official_client(stack: Stack, engine: Engi
     found = wait_until(usage, timeout=20, interval=0.5, message="the usage rows")
     assert set(found) == {SERVED, "gw-pinned"}
     assert [sum(v[0] for v in found.values()), sum(v[1] for v in found.values())] == reported
+
+
+def test_vllm_s_key_shows_in_no_log(stack: Stack, engine: Engine) -> None:
+    logs = list(stack.data_dir.glob("logs/*.log"))
+    assert any(log.name.startswith("vllm-") for log in logs)
+    for log in logs:
+        assert engine.key.encode() not in log.read_bytes(), log

@@ -20,6 +20,7 @@ from api.gateway.openapi import document_proxied_routes
 from api.gateway.routes import ROUTES
 from api.gateway.service import Gateway
 from api.openapi import openapi_config
+from api.server import serve
 from api.system import healthz
 from api.tracing import tracing_middleware
 from infra.settings import Settings
@@ -58,17 +59,4 @@ def create_gateway_app(settings: Settings) -> Litestar:
 
 
 def run_gateway(settings: Settings) -> None:
-    import signal
-
-    import uvicorn
-
-    # uvicorn stops gracefully on SIGTERM, then raises the signal again once its own handler is gone: with this one in
-    # place the process ends with 0 rather than -SIGTERM, as the other loraplane processes do.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
-        create_gateway_app(settings),
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    serve(create_gateway_app(settings), settings.gateway_host, settings.gateway_port, settings.log_level)
