@@ -273,7 +273,13 @@ def test_a_node_that_never_heartbeats_is_dropped_by_the_worker_and_its_instance_
     # The stack's node timeout is 30 s (LORAPLANE_NODE_TIMEOUT_S); the worker checks every quarter of it.
     listed = wait_until(dropped, timeout=90, interval=0.5, message="the silent node dropped")
     assert "no heartbeat" in listed["lost_reason"]
-    got = user.get(f"/deploy/{body['deploy_id']}").json()
+
+    # The decision's next event (its instance queued) may be projected a batch after the node's drop.
+    def waiting() -> dict[str, Any] | None:
+        got: dict[str, Any] = user.get(f"/deploy/{body['deploy_id']}").json()
+        return got if got["status"] != "deploying" else None
+
+    got = wait_until(waiting, timeout=10, message="the instance re-placed or queued")
     assert got["status"] == "pending" and got["fail_reason"] == "no node has any B200-180GB GPU", got
     # The stack's own node agent heartbeats, so it is never dropped.
     [agent] = [n for n in admin.get("/v2/nodes").json()["data"] if n["node_id"] == "test-cpu-node"]
