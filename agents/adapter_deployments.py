@@ -18,7 +18,7 @@ from agents.deployments import Deployment, adapter_problems
 from agents.state import AgentState
 from streams import deployments
 from streams.adapters import AGGREGATE as ADAPTERS
-from streams.adapters import DEFAULT_WORKSPACE, AdapterApi, AdapterStored
+from streams.adapters import AdapterApi, AdapterStored, public_name
 from streams.deployments import AttachAdapter, DeployedAdapter, base_model_key
 from streams.envelope import Envelope
 from streams.serialization import envelope_for
@@ -26,11 +26,6 @@ from streams.serialization import envelope_for
 log = logging.getLogger(__name__)
 
 _IDS = uuid.UUID("6f1d2c3b-9a84-4e51-b7c2-5d0e8f3a1c27")
-
-
-def served_name(workspace: str, name: str) -> str:
-    """The `model` a completion names an adapter by: its name, or `workspace/name` outside the default workspace."""
-    return name if workspace == DEFAULT_WORKSPACE else f"{workspace}/{name}"
 
 
 def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter, bool]]:
@@ -49,7 +44,7 @@ def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedA
     if not base:
         return []
     served = DeployedAdapter(
-        name=served_name(adapter.workspace, adapter.name),
+        name=public_name(adapter.workspace, adapter.name),
         adapter_id=event.aggregate_id,
         version=payload.version,
         artifact=payload.artifact,

@@ -26,6 +26,12 @@ def adapter_id(workspace: str, name: str) -> str:
     return f"{workspace}/{name}"
 
 
+def public_name(workspace: str, name: str) -> str:
+    """The name callers use for an adapter (a completion's `model`): Empower and DeepInfra names live in the default
+    workspace; NeMo's are `workspace/name`."""
+    return name if workspace == DEFAULT_WORKSPACE else adapter_id(workspace, name)
+
+
 def hf_token_context(aggregate_id: str) -> str:
     """What an HF token is sealed for (the API seals, the artifacts agent opens): it opens for no other adapter."""
     return f"adapter:{aggregate_id}:hf_token"

@@ -58,8 +58,7 @@ class RegisteredAdapter:
 
     @property
     def public_name(self) -> str:
-        """The name callers use: Empower and DeepInfra names live in the default workspace; NeMo's are qualified."""
-        return self.name if self.workspace == registry.DEFAULT_WORKSPACE else self.adapter_id
+        return registry.public_name(self.workspace, self.name)
 
     def newest(self) -> StoredVersion | None:
         return self.stored[max(self.stored)] if self.stored else None
