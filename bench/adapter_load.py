@@ -101,6 +101,27 @@ async def rounds(
     return out
 
 
+async def register_loras(api: httpx.AsyncClient, names: list[str]) -> None:
+    """Register each LoRA of the bench's Hub (`bench/{name}`) through the Empower API, answered once stored."""
+    for name in names:
+        body = {"model_source": "HF_HUB", "model_name": f"bench/{name}", "name": name}
+        answer = await api.post("/api/v1/lora", params={"wait": 60}, json=body)
+        if answer.status_code != 200:
+            raise SystemExit(f"registering {name} answered {answer.status_code}: {answer.text[:500]}")
+
+
+async def wait_running(api: httpx.AsyncClient, deploy_id: str, instances: int) -> list[dict[str, Any]]:
+    began = time.monotonic()
+    while True:
+        body = (await api.get(f"/deploy/{deploy_id}")).json()
+        running = [i for i in body["instance_details"] if i["status"] == "running"]
+        if len(running) == instances:
+            return running
+        if body["status"] == "failed" or time.monotonic() - began > 900:
+            raise SystemExit(f"deployment {deploy_id} did not run: {body['fail_reason']}")
+        await asyncio.sleep(0.5)
+
+
 def stored_artifact(directory: Path, bucket: str) -> Artifact:
     """The artifact the registry stored for the LoRA in `directory`: its files are content-addressed in S3."""
     files = []
@@ -194,24 +215,14 @@ async def _run(
     s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=120) as api:
-        for name, _ in loras:
-            body = {"model_source": "HF_HUB", "model_name": f"bench/{name}", "name": name}
-            answer = await api.post("/api/v1/lora", params={"wait": 60}, json=body)
-            if answer.status_code != 200:
-                raise SystemExit(f"registering {name} answered {answer.status_code}: {answer.text[:500]}")
+        await register_loras(api, [name for name, _ in loras])
         answer = await api.post("/deploy/llm", params={"wait": 20}, json=cpu_deploy_body(SERVED, BASE_REPO))
         deploy_id = answer.json()["deploy_id"]
         began = time.monotonic()
-        while True:
-            body = (await api.get(f"/deploy/{deploy_id}")).json()
-            if body["status"] == "running":
-                break
-            if body["status"] == "failed" or time.monotonic() - began > 900:
-                raise SystemExit(f"the deployment did not run: {body['fail_reason']}")
-            await asyncio.sleep(1)
+        [instance] = await wait_running(api, deploy_id, 1)
         print(f"deployment running in {time.monotonic() - began:.0f}s")
-        [instance] = body["instance_details"]
-        key = engine_key(stack, instance["instance_id"])  # vLLM's own key: the raw baseline calls it directly
+        # vLLM's own key: the raw baseline calls it directly
+        key = await asyncio.to_thread(engine_key, stack, instance["instance_id"])
         bucket = env.get("S3_BUCKET", "loraplane")
         return await rounds(api, instance["endpoint"], key, deploy_id, loras, s3, bucket, work, sent_at)
 

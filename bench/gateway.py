@@ -47,7 +47,7 @@ from tests.support import Stack, engine_key, free_port, start_stack, stop_stack
 from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapter_load import stored_artifact
+from adapter_load import register_loras, stored_artifact, wait_running
 
 BASE_REPO = "bench/gw-llama"
 SERVED = "gw-llama"
@@ -215,18 +215,6 @@ async def part_c(stack: Stack, key: str, endpoint: str, engine: str, loras: list
     print(f"  median ratio {statistics.median(ratios):.2f} (goal <= 1.5)")
 
 
-async def wait_running(api: httpx.AsyncClient, deploy_id: str, instances: int) -> list[dict[str, Any]]:
-    began = time.monotonic()
-    while True:
-        body = (await api.get(f"/deploy/{deploy_id}")).json()
-        running = [i for i in body["instance_details"] if i["status"] == "running"]
-        if len(running) == instances:
-            return running
-        if body["status"] == "failed" or time.monotonic() - began > 900:
-            raise SystemExit(f"deployment {deploy_id} did not run: {body['fail_reason']}")
-        await asyncio.sleep(0.5)
-
-
 def stub_node(stack: Stack, hub: FakeHub, work: Path) -> subprocess.Popen[bytes]:
     fake = work / "fake-vllm"
     fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STUB}" "$@"\n')
@@ -269,11 +257,7 @@ async def run(stack: Stack, hub: FakeHub, loras: list[tuple[str, Path]], work: P
     key = stack.issue_key("admin", "bench")
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=120) as api:
-        for name, _ in loras:
-            body = {"model_source": "HF_HUB", "model_name": f"bench/{name}", "name": name}
-            answer = await api.post("/api/v1/lora", params={"wait": 60}, json=body)
-            if answer.status_code != 200:
-                raise SystemExit(f"registering {name} answered {answer.status_code}: {answer.text[:500]}")
+        await register_loras(api, [name for name, _ in loras])
         # As many sequences in one batch as the highest concurrency: what it measures is the gateway, not vLLM's queue.
         body = {**cpu_deploy_body(SERVED, BASE_REPO), "max_batch_size": 32}
         answer = await api.post("/deploy/llm", params={"wait": 20}, json=body)

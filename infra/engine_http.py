@@ -62,7 +62,6 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.idle_since = 0.0
         self._content_type = b"application/json"
-        self._header: bytes = b""
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -226,9 +225,6 @@ class EngineHttp:
     def __init__(self, *, read_timeout_s: float) -> None:
         self._read_timeout_s = read_timeout_s
         self._pools: dict[tuple[str, int], _Pool] = {}
-
-    async def start(self) -> None:
-        pass
 
     async def close(self) -> None:
         for pool in self._pools.values():

@@ -67,7 +67,7 @@ class GatewayError(Exception):
         return Answer(self.status_code, "application/json", msgspec.json.encode(self.body()), headers=self.headers())
 
     def response(self) -> Response[Any]:
-        return Response(self.body(), status_code=self.status_code, headers=self.headers())
+        return openai_error(self.status_code, self.message, self.error_type, self.code, self.param, self.headers())
 
 
 class BadRequest(GatewayError):

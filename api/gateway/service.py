@@ -102,7 +102,6 @@ class Gateway:
     async def start(self) -> None:
         self._producer = make_producer(self.settings)
         await self._producer.start()
-        await self.http.start()
         self.follower.start()
         self.meter.start()
 

@@ -16,6 +16,7 @@ from api.errors import Unprocessable
 from api.readmodel.usage_queries import usage_records
 from api.usage.buckets import DEFAULT_BUCKETS, MAX_BUCKETS, SECONDS, BucketWidth, GroupBy, bucket_usage, span
 from api.usage.schemas import UsageBucket, UsagePage, UsageResult
+from infra.settings import Settings
 from streams.api_keys import Role
 
 Moment = Annotated[
@@ -76,7 +77,7 @@ async def get_usage(
             raise Unprocessable("a user key sees its own usage only", loc=["query", "api_key_id"])
         api_key_id = principal.key_id
     records = await usage_records(state.engine, aligned_start, aligned_end, api_key_id)
-    settings: Any = state.settings
+    settings: Settings = state.settings
     buckets = bucket_usage(
         records,
         width=bucket,
