@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -315,3 +316,16 @@ def test_created_times_come_from_the_events() -> None:
     state = RoutingState()
     deploy(state, "d1")
     assert abs(state.deployments["d1"].created - datetime.now(UTC).timestamp()) < 60
+
+
+def test_until_the_log_is_read_a_gateway_answers_503_not_401(tmp_path: Path) -> None:
+    import asyncio
+
+    from api.gateway.errors import Unavailable
+    from api.gateway.service import Gateway
+    from infra.settings import Settings
+
+    gateway = Gateway(Settings(data_dir=tmp_path, kafka_bootstrap_servers="127.0.0.1:1"))
+    with pytest.raises(Unavailable) as starting:
+        asyncio.run(gateway.authenticate("Bearer lp_0000000000000000_x"))
+    assert starting.value.code == "gateway_starting" and starting.value.retry_after_s

@@ -125,6 +125,12 @@ class Gateway:
     # --- who asks -------------------------------------------------------------------------------------------------
 
     async def authenticate(self, header: str | None) -> Principal:
+        if not self.follower.ready:  # keys and models are unknown until the log is read: not a 401 or a 404
+            raise Unavailable(
+                "the gateway is still reading the event log",
+                retry_after_s=LOADING_RETRY_AFTER_S,
+                code="gateway_starting",
+            )
         scheme, _, key = (header or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
