@@ -10,7 +10,6 @@ Served this way, a LoRA is on demand (the gateway may evict it for another when 
 from __future__ import annotations
 
 import logging
-import uuid
 
 from agents.adapters import Adapter
 from agents.background_sends import BackgroundSends, Send
@@ -20,12 +19,10 @@ from streams import deployments
 from streams.adapters import AGGREGATE as ADAPTERS
 from streams.adapters import AdapterApi, AdapterStored, public_name
 from streams.deployments import AttachAdapter, DeployedAdapter, base_model_key
-from streams.envelope import Envelope
+from streams.envelope import Envelope, derived_id
 from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
-
-_IDS = uuid.UUID("6f1d2c3b-9a84-4e51-b7c2-5d0e8f3a1c27")
 
 
 def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter, bool]]:
@@ -83,7 +80,7 @@ class AdapterDeployments:
                 AttachAdapter(adapter=adapter, on_demand=on_demand),
                 aggregate_id=deploy_id,
                 actor=cause.actor,
-                command_id=uuid.uuid5(_IDS, f"{event.id}:{deploy_id}").hex,
+                command_id=derived_id(event.id, f"attach:{deploy_id}"),
                 correlation_id=event.correlation_id,
                 causation_id=event.id,
                 traceparent=event.traceparent,

@@ -9,7 +9,6 @@ request loses nothing. Requests are declarative (a total, not a delta): sending 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import replace
 
 from agents.background_sends import BackgroundSends, Send
@@ -19,12 +18,10 @@ from agents.state import AgentState
 from streams import deployments
 from streams.cluster import AGGREGATE as CLUSTER_AGGREGATE
 from streams.cluster import CLUSTER_ID, ReleaseInstances, RequestInstances
-from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload, derived_id
 from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
-
-_IDS = uuid.UUID("0b7f6a55-3c1e-4d8e-8a39-2f0e7c9d4a61")
 
 
 def instances_command(deployment: Deployment) -> Payload:
@@ -62,8 +59,9 @@ class DeploymentInstances:
     def started(self, state: AgentState) -> None:
         self._state = state
         for payload in reconcile(state):
-            key = f"reconcile:{payload.model_dump_json()}:{state.get(CLUSTER_AGGREGATE, CLUSTER_ID).version}"
-            self._dispatch(payload, uuid.uuid5(_IDS, key).hex, None)
+            # No single event causes a start-up request: the cluster's version at start stands in for one.
+            cause = f"{CLUSTER_AGGREGATE}/{CLUSTER_ID}@{state.get(CLUSTER_AGGREGATE, CLUSTER_ID).version}"
+            self._dispatch(payload, derived_id(cause, f"reconcile:{payload.model_dump_json()}"), None)
 
     def decided(self, event: Envelope, cause: Envelope) -> None:
         payload = event.payload
@@ -79,7 +77,7 @@ class DeploymentInstances:
                 command = instances_command(replace(current, settings=payload.settings))
         if command is not None:
             # Derived from the event, so a redelivered event's request is a duplicate the processor drops.
-            self._dispatch(command, uuid.uuid5(_IDS, f"event:{event.id}").hex, event)
+            self._dispatch(command, derived_id(event.id, "instances"), event)
 
     def _dispatch(self, payload: Payload, command_id: str, cause: Envelope | None) -> None:
         command = envelope_for(

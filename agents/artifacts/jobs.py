@@ -3,7 +3,9 @@ fileset file. A job's outcome is a command back to the aggregate that asked for 
 
 Nothing is lost on a crash: a job is found again from the folded log at start-up (every requested
 item not yet stored or refused) and run again. Re-running is safe: objects are content-addressed,
-and a job's reports carry command ids derived from the job, so the processor drops repeats.
+and a job's reports carry command ids derived from the id of the event that asked for the job
+(`streams.envelope.derived_id`), so the processor drops a re-run's repeats while a new request for
+the same bytes under the same name (after a delete or a refusal) gets reports of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from pathlib import Path
@@ -59,14 +60,13 @@ from streams.adapters import (
     UploadSource,
 )
 from streams.artifacts import Artifact, Progress, Provenance, StoredFile
-from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload, derived_id
 from streams.outcomes import CommandRejected
 from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[Envelope], Awaitable[None]]
-_REPORT_IDS = uuid.UUID("6f1f0c3e-6c52-4d0e-9a43-3f4a9d9c1b55")
 PROGRESS_STEPS = 4  # at most this many download progress events per version (25 %, 50 %, ...)
 PROGRESS_MIN_INTERVAL_S = 1.0
 
@@ -105,7 +105,7 @@ class ArtifactJobs:
             if aggregate_type == adapters.AGGREGATE and isinstance(value, Adapter):
                 for version in value.versions:
                     if not version.finished:
-                        self._start_adapter(aggregate_id, version.version, version.spec, None)
+                        self._start_adapter(aggregate_id, version.version, version.spec, version.requested_by, None)
             elif aggregate_type == lora_files.AGGREGATE and isinstance(value, LoraDir):
                 for file in value.files.values():
                     if not file.stored:
@@ -116,19 +116,22 @@ class ArtifactJobs:
                             file.staged_key,
                             file.sha256,
                             file.size,
+                            file.requested_by,
                             None,
                         )
             elif aggregate_type == filesets.AGGREGATE and isinstance(value, Fileset):
                 for f in value.files.values():
                     if f.stored is None:
-                        self._start_fileset_file(aggregate_id, f.path, f.staged_key, f.sha256, f.size, None)
+                        self._start_fileset_file(
+                            aggregate_id, f.path, f.staged_key, f.sha256, f.size, f.requested_by, None
+                        )
 
     def decided(self, event: Envelope, command: Envelope) -> None:
         payload = event.payload
         if isinstance(payload, CommandRejected):
             self._discard_refused_upload(command)
         elif isinstance(payload, adapters.AdapterRequested):
-            self._start_adapter(event.aggregate_id, payload.version, payload.spec, event.correlation_id)
+            self._start_adapter(event.aggregate_id, payload.version, payload.spec, event.id, event.correlation_id)
         elif isinstance(payload, lora_files.LoraFileReserved):
             self._start_lora_file(
                 event.aggregate_id,
@@ -137,11 +140,18 @@ class ArtifactJobs:
                 payload.staged_key,
                 payload.sha256,
                 payload.size,
+                event.id,
                 event.correlation_id,
             )
         elif isinstance(payload, filesets.FilesetFileAdded):
             self._start_fileset_file(
-                event.aggregate_id, payload.path, payload.staged_key, payload.sha256, payload.size, event.correlation_id
+                event.aggregate_id,
+                payload.path,
+                payload.staged_key,
+                payload.sha256,
+                payload.size,
+                event.id,
+                event.correlation_id,
             )
 
     def _discard_refused_upload(self, command: Envelope) -> None:
@@ -177,9 +187,11 @@ class ArtifactJobs:
 
         self._running[key] = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
 
-    def _start_adapter(self, aggregate_id: str, version: int, spec: AdapterSpec, correlation: str | None) -> None:
+    def _start_adapter(
+        self, aggregate_id: str, version: int, spec: AdapterSpec, cause: str, correlation: str | None
+    ) -> None:
         key = f"adapter:{aggregate_id}:{version}"
-        reporter = _Reporter(self._send, key, adapters.AGGREGATE, aggregate_id, correlation)
+        reporter = _Reporter(self._send, key, cause, adapters.AGGREGATE, aggregate_id, correlation)
         self._spawn(key, lambda: self._adapter_job(reporter, aggregate_id, version, spec))
 
     def _start_lora_file(
@@ -190,17 +202,25 @@ class ArtifactJobs:
         staged_key: str,
         digest: str,
         size: int,
+        cause: str,
         correlation: str | None,
     ) -> None:
-        key = f"lora_file:{partial_path}:{digest}"
-        reporter = _Reporter(self._send, key, lora_files.AGGREGATE, directory, correlation)
+        key = f"lora_file:{partial_path}:{digest}:{cause}"
+        reporter = _Reporter(self._send, key, cause, lora_files.AGGREGATE, directory, correlation)
         self._spawn(key, lambda: self._lora_file_job(reporter, partial_path, filename, staged_key, digest, size))
 
     def _start_fileset_file(
-        self, fileset_id: str, path: str, staged_key: str, digest: str, size: int, correlation: str | None
+        self,
+        fileset_id: str,
+        path: str,
+        staged_key: str,
+        digest: str,
+        size: int,
+        cause: str,
+        correlation: str | None,
     ) -> None:
-        key = f"fileset:{fileset_id}:{path}:{digest}"
-        reporter = _Reporter(self._send, key, filesets.AGGREGATE, fileset_id, correlation)
+        key = f"fileset:{fileset_id}:{path}:{digest}:{cause}"
+        reporter = _Reporter(self._send, key, cause, filesets.AGGREGATE, fileset_id, correlation)
         self._spawn(key, lambda: self._fileset_job(reporter, path, staged_key, digest, size))
 
     # --- jobs -----------------------------------------------------------------------------------
@@ -397,11 +417,15 @@ def _is_s3_transport(exc: Exception) -> bool:
 
 
 class _Reporter:
-    """Sends one job's commands with ids derived from the job, so a re-run's reports are dropped as repeats."""
+    """Sends one job's commands with ids derived from the event that asked for the job (`cause`), so a re-run's
+    reports are dropped as repeats."""
 
-    def __init__(self, send: Send, key: str, aggregate_type: str, aggregate_id: str, correlation: str | None) -> None:
+    def __init__(
+        self, send: Send, key: str, cause: str, aggregate_type: str, aggregate_id: str, correlation: str | None
+    ) -> None:
         self._send = send
         self.key = key
+        self._cause = cause
         self._aggregate_type = aggregate_type
         self._aggregate_id = aggregate_id
         self._correlation = correlation
@@ -414,7 +438,7 @@ class _Reporter:
             payload,
             aggregate_id=self._aggregate_id,
             actor=SYSTEM_ACTOR,
-            command_id=uuid.uuid5(_REPORT_IDS, f"{self.key}:{step}").hex,
+            command_id=derived_id(self._cause, step),
             correlation_id=self._correlation,
         )
         await self._send(command)
