@@ -93,6 +93,12 @@ def create_app(settings: Settings) -> faust.App:
         await instances.stop()
         await processor.stop()
 
+    @app.on_partitions_assigned.connect
+    async def _take_up_owned_work(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """After every rebalance: the command partitions this worker owns decide who runs which jobs and follow-ups."""
+        [assigned] = args
+        await processor.owned(frozenset(tp.partition for tp in assigned if tp.topic == COMMANDS.name))
+
     @app.task
     async def _fold_the_log_before_the_first_command() -> None:
         await processor.start()

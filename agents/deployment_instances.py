@@ -91,6 +91,9 @@ class DeploymentInstances:
             command_id = derived_id(cause, f"reconcile:{payload.model_dump_json()}")
             self._sends.send(envelope_for(payload, aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR, command_id=command_id))
 
+    def owned(self, partitions: frozenset[int]) -> None:
+        """Requests are declarative and go to the cluster's one partition: any worker may send them."""
+
     def decided(self, event: Envelope, cause: Envelope) -> None:
         """Live events are followed up from the log (`follow_ups`); this only reconciles at start."""
 

@@ -46,13 +46,19 @@ class FollowUpRunner:
     def commands_for(self, state: AgentState, events: Sequence[Envelope]) -> list[Envelope]:
         return [command for event in events for manager in self._managers for command in manager(state, event)]
 
-    async def resume(self, state: AgentState, folded_to: Mapping[TopicPartition, int]) -> None:
-        """At start, once `state` holds the log up to `folded_to`: follow up every event past the saved positions."""
+    async def resume(
+        self, state: AgentState, folded_to: Mapping[TopicPartition, int], partitions: frozenset[int]
+    ) -> None:
+        """When this worker comes to own `partitions` (at start, or taking over a dead worker's), with `state` holding
+        the log up to `folded_to`: follow up every event of theirs past the saved positions."""
         saved = await asyncio.to_thread(self._store.load)
-        ends = {tp.partition: offset for tp, offset in folded_to.items()}
+        ends = {tp.partition: offset for tp, offset in folded_to.items() if tp.partition in partitions}
         if not saved:
             # Never run before: the log's past was followed up by the processes that wrote it (or predates this).
             log.info("no follow-up positions saved; following up from the end of the log")
+            everything = {tp.partition: offset for tp, offset in folded_to.items()}
+            await asyncio.to_thread(self._store.save, everything)
+            self._saved.update(everything)
         else:
             behind = {
                 TopicPartition(EVENTS.name, p): saved.get(p, 0) for p, end in ends.items() if saved.get(p, 0) < end
@@ -62,10 +68,11 @@ class FollowUpRunner:
             if commands:
                 log.info("sending %d follow-ups of %d events past the saved positions", len(commands), len(events))
                 await self._send(commands)
-        self._followed = dict(ends)
-        await asyncio.to_thread(self._store.save, self._followed)
-        self._saved = dict(self._followed)
-        self._saver = asyncio.get_running_loop().create_task(self._save_periodically(), name="follow-up positions")
+            self._saved.update({p: o for p, o in saved.items() if p in partitions})
+        for partition, offset in ends.items():
+            self._followed[partition] = max(self._followed.get(partition, 0), offset)
+        if self._saver is None:
+            self._saver = asyncio.get_running_loop().create_task(self._save_periodically(), name="follow-up positions")
 
     async def after_round(self, state: AgentState, landed: Sequence[tuple[int, int, Sequence[Envelope]]]) -> None:
         """Live: send the follow-ups of a round's landed batches ((partition, next offset, events)), then count

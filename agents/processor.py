@@ -67,11 +67,13 @@ class _Decision:
 
 
 class Observer(Protocol):
-    """Work that follows decisions (the artifacts agent): told once the log is folded, then of each event
-    this processor publishes, with the command it answers. Must return at once; long work goes to tasks
-    of its own."""
+    """Work that follows decisions (the artifacts agent): told once the log is folded, then which command partitions
+    this worker owns after each rebalance, then of each event this processor publishes, with the command it answers.
+    Must return at once; long work goes to tasks of its own."""
 
     def started(self, state: AgentState) -> None: ...
+
+    def owned(self, partitions: frozenset[int]) -> None: ...
 
     def decided(self, event: Envelope, command: Envelope, /) -> None: ...
 
@@ -103,6 +105,7 @@ class CommandProcessor:
         self._producer: AIOKafkaProducer | None = None
         self._start_lock = asyncio.Lock()
         self._started = False
+        self._owned: frozenset[int] = frozenset()
 
     async def start(self) -> None:
         """Connect and fold the whole event log in; safe to call more than once."""
@@ -114,8 +117,20 @@ class CommandProcessor:
                 self._started = True
                 for observer in self._observers:
                     observer.started(self.state)
-                if self._follow_ups is not None:
-                    await self._follow_ups.resume(self.state, await self._follower.positions())
+
+    async def owned(self, partitions: frozenset[int]) -> None:
+        """The command partitions this worker owns now, after a rebalance: the observers take up the work of those
+        (another worker's, if it died) and drop the rest; the events of the partitions it gains get their follow-ups
+        from where the last owner saved its position."""
+        await self.start()
+        gained = partitions - self._owned
+        self._owned = partitions
+        log.info("owning command partitions %s (gained %s)", sorted(partitions), sorted(gained))
+        await self._follower.catch_up()
+        for observer in self._observers:
+            observer.owned(partitions)
+        if gained and self._follow_ups is not None:
+            await self._follow_ups.resume(self.state, await self._follower.positions(), gained)
 
     async def stop(self) -> None:
         if self._started and self._producer is not None:

@@ -136,6 +136,12 @@ async def publish_together(
     return outcomes
 
 
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition a producer sends a record with `key` to, out of `partitions` (Kafka's default partitioner)."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(key, every, every))
+
+
 def _record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
     return len(key) + len(value) + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
 

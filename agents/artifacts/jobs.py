@@ -44,6 +44,7 @@ from agents.lora_files import LoraDir
 from agents.state import AgentState
 from agents.validation import ArtifactReport, ValidationProblem
 from infra.errors import LoraplaneError, is_retriable
+from infra.kafka import partition_of
 from infra.s3 import make_client
 from infra.s3_objects import remove_quietly, store_blob_from_file, store_blob_from_object
 from infra.secrets import SecretBox
@@ -63,6 +64,7 @@ from streams.artifacts import Artifact, Progress, Provenance, StoredFile
 from streams.envelope import SYSTEM_ACTOR, Envelope, Payload, derived_id
 from streams.outcomes import CommandRejected
 from streams.serialization import envelope_for
+from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class ArtifactJobs:
         self._client: Minio | None = None
         self._state: AgentState | None = None
         self._slots = asyncio.Semaphore(settings.artifact_jobs)
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # by job key: (partition, task)
 
     @property
     def client(self) -> Minio:
@@ -100,7 +102,21 @@ class ArtifactJobs:
 
     def started(self, state: AgentState) -> None:
         self._state = state
+
+    def owned(self, partitions: frozenset[int]) -> None:
+        """Run the unfinished jobs of the aggregates whose commands partition this worker owns (all of them after a
+        crash of the worker that ran them, or one of another worker's, taken over); stop the jobs it gave up: their
+        new owner runs them again, and its reports, with the same ids, are the ones that count."""
+        for key, (partition, task) in list(self._running.items()):
+            if partition not in partitions:
+                log.info("artifact job %s: its partition went to another worker; stopped", key)
+                task.cancel()
+        state = self._state
+        if state is None:
+            return
         for (aggregate_type, aggregate_id), entry in list(state.entries.items()):
+            if _partition(aggregate_id) not in partitions:
+                continue
             value = entry.value
             if aggregate_type == adapters.AGGREGATE and isinstance(value, Adapter):
                 for version in value.versions:
@@ -160,17 +176,21 @@ class ArtifactJobs:
         upload = command.payload
         if isinstance(upload, lora_files.UploadLoraFile | filesets.AddFilesetFile):
             key = upload.staged_key
-            self._spawn(f"discard:{key}", lambda: asyncio.to_thread(remove_quietly, self.client, self._bucket, key))
+            self._spawn(
+                f"discard:{key}",
+                lambda: asyncio.to_thread(remove_quietly, self.client, self._bucket, key),
+                command.aggregate_id,
+            )
 
     async def stop(self) -> None:
-        tasks = list(self._running.values())
+        tasks = [task for _, task in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- scheduling -----------------------------------------------------------------------------
 
-    def _spawn(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+    def _spawn(self, key: str, work: Callable[[], Awaitable[None]], aggregate_id: str) -> None:
         if key in self._running:
             return
 
@@ -183,16 +203,19 @@ class ArtifactJobs:
             except Exception:
                 log.exception("artifact job %s could not report; it runs again when the worker restarts", key)
             finally:
-                self._running.pop(key, None)
+                if (running := self._running.get(key)) is not None and running[1] is asyncio.current_task():
+                    del self._running[key]
 
-        self._running[key] = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
+        log.info("artifact job %s started", key)
+        task = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
+        self._running[key] = (_partition(aggregate_id), task)
 
     def _start_adapter(
         self, aggregate_id: str, version: int, spec: AdapterSpec, cause: str, correlation: str | None
     ) -> None:
         key = f"adapter:{aggregate_id}:{version}"
         reporter = _Reporter(self._send, key, cause, adapters.AGGREGATE, aggregate_id, correlation)
-        self._spawn(key, lambda: self._adapter_job(reporter, aggregate_id, version, spec))
+        self._spawn(key, lambda: self._adapter_job(reporter, aggregate_id, version, spec), aggregate_id)
 
     def _start_lora_file(
         self,
@@ -207,7 +230,9 @@ class ArtifactJobs:
     ) -> None:
         key = f"lora_file:{partial_path}:{digest}:{cause}"
         reporter = _Reporter(self._send, key, cause, lora_files.AGGREGATE, directory, correlation)
-        self._spawn(key, lambda: self._lora_file_job(reporter, partial_path, filename, staged_key, digest, size))
+        self._spawn(
+            key, lambda: self._lora_file_job(reporter, partial_path, filename, staged_key, digest, size), directory
+        )
 
     def _start_fileset_file(
         self,
@@ -221,7 +246,7 @@ class ArtifactJobs:
     ) -> None:
         key = f"fileset:{fileset_id}:{path}:{digest}:{cause}"
         reporter = _Reporter(self._send, key, cause, filesets.AGGREGATE, fileset_id, correlation)
-        self._spawn(key, lambda: self._fileset_job(reporter, path, staged_key, digest, size))
+        self._spawn(key, lambda: self._fileset_job(reporter, path, staged_key, digest, size), fileset_id)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -398,6 +423,11 @@ class ArtifactJobs:
             assert file.key is not None
             key = store_blob_from_object(self.client, self._bucket, file.key, file.sha256)
         return StoredFile(path=file.path, key=key, sha256=file.sha256, size=file.size)
+
+
+def _partition(aggregate_id: str) -> int:
+    """The commands partition of an aggregate: the worker that owns it runs the aggregate's jobs."""
+    return partition_of(aggregate_id.encode(), COMMANDS.partitions)
 
 
 def _expected_base_model(spec: AdapterSpec) -> str | None:
