@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "replay":
         return asyncio.run(_replay(settings, args.database_url))
     if args.command == "events":
+        # The tools print records on stdout and little else: the Kafka client's INFO lines are noise here.
+        logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
         try:
             return _events(settings, args)
         except KeyboardInterrupt:
