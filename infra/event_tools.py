@@ -92,8 +92,11 @@ class OffsetRange:
     def start_of(self, partition: int) -> int:
         return self.starts.get(partition, self.start or 0)
 
+    def stop_of(self, partition: int) -> int | None:
+        return self.stops.get(partition, self.stop)
+
     def holds(self, partition: int, offset: int) -> bool:
-        stop = self.stops.get(partition, self.stop)
+        stop = self.stop_of(partition)
         return offset >= self.start_of(partition) and (stop is None or offset < stop)
 
 
@@ -182,7 +185,7 @@ async def tail(
 class ExportResult:
     written: int = 0
     skipped: list[str] = field(default_factory=list)  # records that are not JSON objects, by position
-    ends: dict[int, int] = field(default_factory=dict)  # each partition's end when the export finished
+    ends: dict[int, int] = field(default_factory=dict)  # where each partition's export ended (to continue from)
 
 
 async def export(
@@ -205,13 +208,18 @@ async def export(
             elif selection.matches(data):
                 out.write(json_line(data) + "\n")
                 result.written += 1
+        stop, high = offsets.stop_of(tp.partition), consumer.highwater(tp)
+        if stop is not None and high is not None and records[-1].offset + 1 >= stop:
+            consumer.seek(tp, max(high, records[-1].offset + 1))  # past its range: read no more of it
 
     try:
         consumer.assign(assigned)
         for tp in assigned:
             consumer.seek(tp, offsets.start_of(tp.partition))
         await read_to_end(consumer, assigned, write, fetch_max_wait_ms=settings.kafka_bulk_fetch_max_wait_ms)
-        result.ends = {tp.partition: await consumer.position(tp) for tp in assigned}
+        for tp in assigned:
+            end, stop = await consumer.position(tp), offsets.stop_of(tp.partition)
+            result.ends[tp.partition] = end if stop is None else min(end, stop)
         out.flush()
         return result
     finally:

@@ -214,6 +214,7 @@ def test_export_by_aggregate_offsets_and_time_to_a_file(stack: Stack, user: Api,
                      "--to-offset", f"{one.partition}:{one.offset + 1}")  # fmt: skip
     assert cut.returncode == 0, cut.stderr
     assert lines(cut.stdout) == [one.json()]
+    assert cut.stderr.rstrip().endswith(f"to continue from the end: --from-offset {one.partition}:{one.offset + 1}")
 
     times = sorted(r.json()["occurred_at"] for r in mine)
     output = tmp_path / "window.jsonl"
