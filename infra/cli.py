@@ -346,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             return _events(settings, args)
         except KeyboardInterrupt:
             return 130
-        except BrokenPipeError:  # `loraplane events tail | head`
-            sys.stderr.close()
+        except BrokenPipeError:  # `loraplane events tail | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush finds no closed pipe
             return 0
         except LookupError as exc:
             print(exc, file=sys.stderr)
