@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import re
@@ -91,7 +92,7 @@ class History:
     running: list[tuple[str, str, str | None, int]] = field(default_factory=list)  # deploy, instance, node, device
     counter: int = 0
     seq: int = 1
-    admin: Actor = Actor(type=ActorType.USER, id="admin", name="admin")
+    admin: Actor = field(default_factory=lambda: Actor(type=ActorType.USER, id="admin", name="admin"))
 
     def emit(
         self, payload: Payload, aggregate_id: str, command_id: str, actor: Actor, aggregate_type: str | None = None
@@ -438,8 +439,8 @@ async def start_ups(settings: Settings) -> dict[str, list[tuple[float, int]]]:
 
 
 async def services(data_dir: Path) -> tuple[LocalStack, dict[str, str]]:
-    values = {"data_dir": data_dir, "broker_port": 0, "s3_port": 0, "kafka_bootstrap_servers": None, "s3_endpoint": None}
-    stack = LocalStack(Settings.model_validate(values), log=lambda line: print(f"  {line}"))
+    embedded = {"kafka_bootstrap_servers": None, "s3_endpoint": None, "broker_port": 0, "s3_port": 0}
+    stack = LocalStack(Settings.model_validate({"data_dir": data_dir, **embedded}), log=lambda line: print(f"  {line}"))
     return stack, await stack.start_services()
 
 
@@ -466,10 +467,13 @@ async def run(work: Path, events: int, batch: int, seed: int) -> int:
         replayed, replay_s, replay_wall = await asyncio.to_thread(run_replay, dict(os.environ), work / "rebuilt.db")
         folds = await start_ups(settings)
     finally:
+        # Stopping the broker under aiokafka's background tasks makes them log every failed reconnect.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         await stack.stop()
 
     raw_rate, replay_rate = raw_count / raw_s, replayed / replay_s
-    print(f"\nlog: {events:,} events, {batches:,} record batches, fetch wait {settings.kafka_bulk_fetch_max_wait_ms} ms")
+    wait = settings.kafka_bulk_fetch_max_wait_ms
+    print(f"\nlog: {events:,} events, {batches:,} record batches, bulk fetch wait {wait} ms")
     print(f"raw aiokafka read, nothing decoded:  {raw_count:>9,} events {raw_s:7.1f} s {raw_rate:9,.0f} events/s")
     print(
         f"loraplane replay (SQLite):           {replayed:>9,} events {replay_s:7.1f} s {replay_rate:9,.0f} events/s"
