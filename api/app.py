@@ -54,7 +54,8 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         await ensure_topics(settings.require_kafka(), ALL_TOPICS)
         bus = CommandBus(settings, engine)
         await bus.start()
-        follower = ReadModelFollower(settings, Projector(engine), bus.projected)
+        projector = Projector(engine)
+        follower = ReadModelFollower(settings, projector, bus.projected)
         follower.start()
         gateway = Gateway(settings)
         await gateway.start()
@@ -72,6 +73,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             await gateway.stop()
             await follower.stop()
             await bus.stop()
+            projector.close()
             await engine.dispose()
 
     def provide_bus(state: State) -> CommandBus:

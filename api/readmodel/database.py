@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, event, insert, inspect, select
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -23,15 +24,32 @@ def create_engine(url: str) -> AsyncEngine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
+        _with_pragmas(engine.sync_engine, "NORMAL")
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def _with_pragmas(engine: Engine, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+
+def sqlite_writer(engine: AsyncEngine, *, bulk: bool = False) -> Engine | None:
+    """A synchronous engine on the same SQLite file, for the projector's writes; None for another database (or one
+    in memory, which a second engine would not share). `bulk` (a rebuild into a fresh file) syncs nothing to disk:
+    the rows are safe once the rebuild ends, and a rebuild cut short is started again from nothing."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    writer = create_sync_engine(
+        url.set(drivername="sqlite"), connect_args={"timeout": 30, "check_same_thread": False}, pool_size=1
+    )
+    _with_pragmas(writer, "OFF" if bulk else "NORMAL")
+    return writer
 
 
 def fingerprint() -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from api.readmodel.tables import (
     adapter_checks,
@@ -20,12 +19,12 @@ from streams import deployments as deployment_events
 from streams.envelope import Envelope
 
 
-async def _deployment_created(conn: AsyncConnection, event: Envelope) -> None:
+def _deployment_created(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.DeploymentCreated)
     spec = payload.spec
-    await conn.execute(delete(deployments).where(deployments.c.deploy_id == event.aggregate_id))
-    await conn.execute(
+    conn.execute(delete(deployments).where(deployments.c.deploy_id == event.aggregate_id))
+    conn.execute(
         insert(deployments).values(
             deploy_id=event.aggregate_id,
             model_name=spec.model_name,
@@ -44,27 +43,27 @@ async def _deployment_created(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def _update_deployment(conn: AsyncConnection, event: Envelope, **values: Any) -> None:
-    await conn.execute(
+def _update_deployment(conn: Connection, event: Envelope, **values: Any) -> None:
+    conn.execute(
         update(deployments)
         .where(deployments.c.deploy_id == event.aggregate_id)
         .values(version=event.aggregate_version, updated_at=event.occurred_at, **values)
     )
 
 
-async def _deployment_scaled(conn: AsyncConnection, event: Envelope) -> None:
+def _deployment_scaled(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.DeploymentScaled)
     settings = payload.settings
-    await _update_deployment(conn, event, min_instances=settings.min_instances, max_instances=settings.max_instances)
+    _update_deployment(conn, event, min_instances=settings.min_instances, max_instances=settings.max_instances)
 
 
-async def _deployment_deleted(conn: AsyncConnection, event: Envelope) -> None:
-    await _update_deployment(conn, event, deleted=True)
-    await conn.execute(delete(instance_adapters).where(instance_adapters.c.deploy_id == event.aggregate_id))
+def _deployment_deleted(conn: Connection, event: Envelope) -> None:
+    _update_deployment(conn, event, deleted=True)
+    conn.execute(delete(instance_adapters).where(instance_adapters.c.deploy_id == event.aggregate_id))
 
 
-async def _instance_reported(conn: AsyncConnection, event: Envelope) -> None:
+def _instance_reported(conn: Connection, event: Envelope) -> None:
     """A node agent's report; one from a node the instance was moved away from changes nothing."""
     payload = event.payload
     reports = deployment_events.InstanceLaunched | deployment_events.InstanceStarted | deployment_events.InstanceFailed
@@ -76,7 +75,7 @@ async def _instance_reported(conn: AsyncConnection, event: Envelope) -> None:
         values.update(state="running", endpoint=payload.endpoint)
     else:
         values.update(state="failed", reason=payload.fail_reason)
-    await conn.execute(
+    conn.execute(
         update(deployment_instances)
         .where(
             and_(
@@ -88,17 +87,17 @@ async def _instance_reported(conn: AsyncConnection, event: Envelope) -> None:
     )
     if not isinstance(payload, deployment_events.InstanceStarted):
         # A (re)starting or failed vLLM holds no runtime-loaded adapter.
-        await conn.execute(delete(instance_adapters).where(instance_adapters.c.instance_id == payload.instance_id))
-    await _update_deployment(conn, event)
+        conn.execute(delete(instance_adapters).where(instance_adapters.c.instance_id == payload.instance_id))
+    _update_deployment(conn, event)
 
 
-async def _adapter_attached(conn: AsyncConnection, event: Envelope) -> None:
+def _adapter_attached(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.AdapterAttached)
     adapter = payload.adapter
     where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == adapter.name)
-    await conn.execute(delete(deployment_adapters).where(where))
-    await conn.execute(
+    conn.execute(delete(deployment_adapters).where(where))
+    conn.execute(
         insert(deployment_adapters).values(
             deploy_id=event.aggregate_id,
             name=adapter.name,
@@ -109,14 +108,14 @@ async def _adapter_attached(conn: AsyncConnection, event: Envelope) -> None:
             attached_at=event.occurred_at,
         )
     )
-    await _update_deployment(conn, event)
+    _update_deployment(conn, event)
 
 
-async def _adapter_checked(conn: AsyncConnection, event: Envelope) -> None:
+def _adapter_checked(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.AdapterChecked)
-    await conn.execute(delete(adapter_checks).where(adapter_checks.c.command_id == event.command_id))
-    await conn.execute(
+    conn.execute(delete(adapter_checks).where(adapter_checks.c.command_id == event.command_id))
+    conn.execute(
         insert(adapter_checks).values(
             command_id=event.command_id,
             deploy_id=event.aggregate_id,
@@ -129,25 +128,25 @@ async def _adapter_checked(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def _adapter_detached(conn: AsyncConnection, event: Envelope) -> None:
+def _adapter_detached(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.AdapterDetached | deployment_events.AdapterEvicted)
     where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == payload.name)
-    await conn.execute(delete(deployment_adapters).where(where))
-    await _update_deployment(conn, event)
+    conn.execute(delete(deployment_adapters).where(where))
+    _update_deployment(conn, event)
 
 
-async def _adapter_reported(conn: AsyncConnection, event: Envelope) -> None:
+def _adapter_reported(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     reports = deployment_events.AdapterLoaded | deployment_events.AdapterUnloaded | deployment_events.AdapterLoadFailed
     assert isinstance(payload, reports)
     where = and_(instance_adapters.c.instance_id == payload.instance_id, instance_adapters.c.name == payload.name)
-    await conn.execute(delete(instance_adapters).where(where))
+    conn.execute(delete(instance_adapters).where(where))
     # Only facts of the deployment's own stream decide what is kept: the cluster's events (an instance released)
     # sit on another partition, so their order against these differs between the live projection and a replay.
-    deleted = await conn.scalar(select(deployments.c.deleted).where(deployments.c.deploy_id == event.aggregate_id))
+    deleted = conn.scalar(select(deployments.c.deleted).where(deployments.c.deploy_id == event.aggregate_id))
     if deleted is not False:
-        await _update_deployment(conn, event)
+        _update_deployment(conn, event)
         return
     if isinstance(payload, deployment_events.AdapterLoaded):
         values: dict[str, Any] = {"state": "loaded", "sha256": payload.sha256, "reason": None}
@@ -156,7 +155,7 @@ async def _adapter_reported(conn: AsyncConnection, event: Envelope) -> None:
     else:
         values = {}
     if values:
-        await conn.execute(
+        conn.execute(
             insert(instance_adapters).values(
                 instance_id=payload.instance_id,
                 name=payload.name,
@@ -165,12 +164,12 @@ async def _adapter_reported(conn: AsyncConnection, event: Envelope) -> None:
                 **values,
             )
         )
-    await _update_deployment(conn, event)
+    _update_deployment(conn, event)
 
 
-async def _put_instance(conn: AsyncConnection, event: Envelope, spec: cluster.InstanceSpec, **values: Any) -> None:
-    await conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == spec.instance_id))
-    await conn.execute(
+def _put_instance(conn: Connection, event: Envelope, spec: cluster.InstanceSpec, **values: Any) -> None:
+    conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == spec.instance_id))
+    conn.execute(
         insert(deployment_instances).values(
             instance_id=spec.instance_id,
             deploy_id=spec.deploy_id,
@@ -181,31 +180,31 @@ async def _put_instance(conn: AsyncConnection, event: Envelope, spec: cluster.In
     )
 
 
-async def _instance_placed(conn: AsyncConnection, event: Envelope) -> None:
+def _instance_placed(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstancePlaced)
-    await _put_instance(
+    _put_instance(
         conn, event, payload.instance, state="placed", node_id=payload.node_id, device_indexes=[*payload.device_indexes]
     )
 
 
-async def _instance_pending(conn: AsyncConnection, event: Envelope) -> None:
+def _instance_pending(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstanceQueued)
-    await _put_instance(conn, event, payload.instance, state="pending", reason=payload.reason)
+    _put_instance(conn, event, payload.instance, state="pending", reason=payload.reason)
 
 
-async def _instance_released(conn: AsyncConnection, event: Envelope) -> None:
+def _instance_released(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstanceReleased)
-    await conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == payload.instance_id))
+    conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == payload.instance_id))
 
 
-async def _node_registered(conn: AsyncConnection, event: Envelope) -> None:
+def _node_registered(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.NodeRegistered)
-    await conn.execute(delete(cluster_nodes).where(cluster_nodes.c.node_id == payload.node_id))
-    await conn.execute(
+    conn.execute(delete(cluster_nodes).where(cluster_nodes.c.node_id == payload.node_id))
+    conn.execute(
         insert(cluster_nodes).values(
             node_id=payload.node_id,
             devices=[d.model_dump(mode="json") for d in payload.devices],
@@ -216,21 +215,21 @@ async def _node_registered(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def _node_rejoined(conn: AsyncConnection, event: Envelope) -> None:
+def _node_rejoined(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.NodeRejoined)
-    await conn.execute(
+    conn.execute(
         update(cluster_nodes)
         .where(cluster_nodes.c.node_id == payload.node_id)
         .values(lost=False, lost_reason=None, updated_at=event.occurred_at)
     )
 
 
-async def _node_lost(conn: AsyncConnection, event: Envelope) -> None:
+def _node_lost(conn: Connection, event: Envelope) -> None:
     """The instances on it are moved by the events that follow in the same decision."""
     payload = event.payload
     assert isinstance(payload, cluster.NodeDropped)
-    await conn.execute(
+    conn.execute(
         update(cluster_nodes)
         .where(cluster_nodes.c.node_id == payload.node_id)
         .values(lost=True, lost_reason=payload.reason, updated_at=event.occurred_at)

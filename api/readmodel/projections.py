@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import delete, insert, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, Insert, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from api.readmodel.deployment_projections import DEPLOYMENT_PROJECTIONS
 from api.readmodel.registry_projections import REGISTRY_PROJECTIONS
 from api.readmodel.tables import api_keys, command_outcomes, workspaces
-from api.readmodel.usage_projections import USAGE_PROJECTIONS
+from api.readmodel.usage_projections import USAGE_BATCH_PROJECTIONS, USAGE_PROJECTIONS
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked
 from streams.envelope import Envelope
 from streams.outcomes import CommandRejected
 from streams.workspaces import WorkspaceCreated, WorkspaceDeleted
 
-Projection = Callable[[AsyncConnection, Envelope], Awaitable[None]]
+Projection = Callable[[Connection, Envelope], None]
 
 
-async def _workspace_created(conn: AsyncConnection, event: Envelope) -> None:
+def _workspace_created(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, WorkspaceCreated)
-    await conn.execute(delete(workspaces).where(workspaces.c.name == payload.name))
-    await conn.execute(
+    conn.execute(delete(workspaces).where(workspaces.c.name == payload.name))
+    conn.execute(
         insert(workspaces).values(
             name=payload.name,
             description=payload.description,
@@ -37,17 +39,17 @@ async def _workspace_created(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def _workspace_deleted(conn: AsyncConnection, event: Envelope) -> None:
+def _workspace_deleted(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, WorkspaceDeleted)
-    await conn.execute(delete(workspaces).where(workspaces.c.name == payload.name))
+    conn.execute(delete(workspaces).where(workspaces.c.name == payload.name))
 
 
-async def _api_key_created(conn: AsyncConnection, event: Envelope) -> None:
+def _api_key_created(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, ApiKeyCreated)
-    await conn.execute(delete(api_keys).where(api_keys.c.key_id == payload.key_id))
-    await conn.execute(
+    conn.execute(delete(api_keys).where(api_keys.c.key_id == payload.key_id))
+    conn.execute(
         insert(api_keys).values(
             key_id=payload.key_id,
             name=payload.name,
@@ -62,10 +64,10 @@ async def _api_key_created(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def _api_key_revoked(conn: AsyncConnection, event: Envelope) -> None:
+def _api_key_revoked(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, ApiKeyRevoked)
-    await conn.execute(
+    conn.execute(
         update(api_keys)
         .where(api_keys.c.key_id == payload.key_id)
         .values(revoked=True, version=event.aggregate_version)
@@ -81,28 +83,43 @@ PROJECTIONS: dict[str, Projection] = {
     **DEPLOYMENT_PROJECTIONS,
     **USAGE_PROJECTIONS,
 }
+# Event types whose rows no other event touches: a batch's events of such a type are projected together at its end.
+BATCH_PROJECTIONS: dict[str, Callable[[Connection, list[Envelope]], None]] = {**USAGE_BATCH_PROJECTIONS}
 
 
-async def record_outcome(conn: AsyncConnection, event: Envelope) -> None:
-    """The first event of a command is its outcome; later ones (and redeliveries) change nothing."""
+def outcome_row(event: Envelope) -> dict[str, Any]:
+    """The row `command_outcomes` keeps for the command `event` answers, if it is the command's first event."""
     rejection = event.payload if isinstance(event.payload, CommandRejected) else None
-    exists = await conn.scalar(
-        command_outcomes.select()
-        .with_only_columns(command_outcomes.c.command_id)
-        .where(command_outcomes.c.command_id == event.command_id)
-    )
-    if exists:
+    return {
+        "command_id": event.command_id,
+        "status": "rejected" if rejection else "succeeded",
+        "event_type": event.type,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "code": rejection.code.value if rejection else None,
+        "reason": rejection.reason if rejection else None,
+        "field": rejection.field if rejection else None,
+        "occurred_at": event.occurred_at,
+    }
+
+
+def record_outcomes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """The first event of a command is its outcome; later ones (and redeliveries) change nothing. `rows` hold one
+    row per command, from its first event in the batch, so a row already stored is the only conflict."""
+    if not rows:
         return
-    await conn.execute(
-        insert(command_outcomes).values(
-            command_id=event.command_id,
-            status="rejected" if rejection else "succeeded",
-            event_type=event.type,
-            aggregate_type=event.aggregate_type,
-            aggregate_id=event.aggregate_id,
-            code=rejection.code.value if rejection else None,
-            reason=rejection.reason if rejection else None,
-            field=rejection.field if rejection else None,
-            occurred_at=event.occurred_at,
+    statement: Insert
+    if conn.dialect.name == "sqlite":
+        statement = sqlite_insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"])
+    elif conn.dialect.name == "postgresql":
+        statement = postgresql_insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"])
+    else:
+        stored = select(command_outcomes.c.command_id).where(
+            command_outcomes.c.command_id.in_([row["command_id"] for row in rows])
         )
-    )
+        known = set(conn.scalars(stored))
+        rows = [row for row in rows if row["command_id"] not in known]
+        if not rows:
+            return
+        statement = insert(command_outcomes)
+    conn.execute(statement, rows)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.readmodel.projections import PROJECTIONS, record_outcome
+from api.readmodel.database import sqlite_writer
+from api.readmodel.projections import BATCH_PROJECTIONS, PROJECTIONS, outcome_row, record_outcomes
 from api.readmodel.tables import projection_offsets
+from streams.envelope import Envelope
 from streams.serialization import MessageDecodeError, decode
 
 log = logging.getLogger(__name__)
@@ -25,8 +29,15 @@ class EventRecord:
 
 
 class Projector:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """`bulk`: a rebuild into a fresh database (replay), where speed beats durability: a replay cut short is rerun.
+
+    On SQLite a batch is projected in one worker thread over a plain (synchronous) connection: through the async
+    driver every statement would be a round trip between threads, which costs more than the statement.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, bulk: bool = False) -> None:
         self.engine = engine
+        self._writer: Engine | None = sqlite_writer(engine, bulk=bulk)
 
     async def offsets(self, topic: str) -> dict[int, int]:
         async with self.engine.connect() as conn:
@@ -41,39 +52,57 @@ class Projector:
         """Project a batch in one transaction; returns the command ids whose outcome it recorded."""
         if not records:
             return []
-        command_ids: list[str] = []
+        if self._writer is not None:
+            return await asyncio.to_thread(self._apply_on, self._writer, records)
         async with self.engine.begin() as conn:
-            stored = {
-                (topic, partition): next_offset
-                for topic, partition, next_offset in await conn.execute(select(projection_offsets))
-            }
-            known = set(stored)
-            positions = dict(stored)
-            for record in records:
-                key = (record.topic, record.partition)
-                if record.offset < positions.get(key, 0):
-                    continue  # already applied: a redelivery
-                positions[key] = record.offset + 1
-                try:
-                    event = decode(record.value)
-                except MessageDecodeError as exc:
-                    log.error("skipping unreadable event at %s:%d: %s", *key, record.offset, exc)
-                    continue
-                projection = PROJECTIONS.get(event.type)
-                if projection is not None:
-                    await projection(conn, event)
-                await record_outcome(conn, event)
-                command_ids.append(event.command_id)
-            for (topic, partition), next_offset in positions.items():
-                if (topic, partition) in known:
-                    if stored[(topic, partition)] != next_offset:
-                        await conn.execute(
-                            update(projection_offsets)
-                            .where(projection_offsets.c.topic == topic, projection_offsets.c.partition == partition)
-                            .values(next_offset=next_offset)
-                        )
-                else:
-                    await conn.execute(
-                        insert(projection_offsets).values(topic=topic, partition=partition, next_offset=next_offset)
-                    )
-        return command_ids
+            return await conn.run_sync(_apply, records)
+
+    @staticmethod
+    def _apply_on(writer: Engine, records: Sequence[EventRecord]) -> list[str]:
+        with writer.begin() as conn:
+            return _apply(conn, records)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.dispose()
+
+
+def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
+    command_ids: list[str] = []
+    stored = {
+        (topic, partition): next_offset for topic, partition, next_offset in conn.execute(select(projection_offsets))
+    }
+    positions = dict(stored)
+    outcomes: dict[str, dict[str, Any]] = {}
+    batched: dict[str, list[Envelope]] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        if record.offset < positions.get(key, 0):
+            continue  # already applied: a redelivery
+        positions[key] = record.offset + 1
+        try:
+            event = decode(record.value)
+        except MessageDecodeError as exc:
+            log.error("skipping unreadable event at %s:%d: %s", *key, record.offset, exc)
+            continue
+        if event.type in BATCH_PROJECTIONS:
+            batched.setdefault(event.type, []).append(event)
+        elif (projection := PROJECTIONS.get(event.type)) is not None:
+            projection(conn, event)
+        if event.command_id not in outcomes:
+            outcomes[event.command_id] = outcome_row(event)
+        command_ids.append(event.command_id)
+    for event_type, events in batched.items():
+        BATCH_PROJECTIONS[event_type](conn, events)
+    record_outcomes(conn, list(outcomes.values()))
+    for (topic, partition), next_offset in positions.items():
+        if (topic, partition) in stored:
+            if stored[(topic, partition)] != next_offset:
+                conn.execute(
+                    update(projection_offsets)
+                    .where(projection_offsets.c.topic == topic, projection_offsets.c.partition == partition)
+                    .values(next_offset=next_offset)
+                )
+        else:
+            conn.execute(insert(projection_offsets).values(topic=topic, partition=partition, next_offset=next_offset))
+    return command_ids

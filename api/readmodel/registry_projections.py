@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 
 from api.readmodel.tables import adapter_versions, adapters, fileset_files, lora_bin, lora_files
 from streams import adapters as adapter_events
@@ -31,71 +30,75 @@ def _split_adapter_id(aggregate_id: str) -> tuple[str, str]:
     return workspace, name
 
 
-async def adapter_requested(conn: AsyncConnection, event: Envelope) -> None:
+# Built once: the hot projections run per event on replay, and a statement built per event costs more than running it.
+_ADAPTER_KEY = (adapters.c.workspace == bindparam("k_workspace"), adapters.c.name == bindparam("k_name"))
+_VERSION_KEY = (
+    adapter_versions.c.workspace == bindparam("k_workspace"),
+    adapter_versions.c.name == bindparam("k_name"),
+    adapter_versions.c.version == bindparam("k_version"),
+)
+_DELETE_ADAPTER = delete(adapters).where(*_ADAPTER_KEY)
+_INSERT_ADAPTER = insert(adapters)
+_UPDATE_ADAPTER = update(adapters).where(*_ADAPTER_KEY)
+_DELETE_VERSION = delete(adapter_versions).where(*_VERSION_KEY)
+_INSERT_VERSION = insert(adapter_versions)
+_UPDATE_VERSION = update(adapter_versions).where(*_VERSION_KEY)
+_DELETE_FILE = delete(lora_files).where(lora_files.c.partial_path == bindparam("k_partial_path"))
+_INSERT_FILE = insert(lora_files)
+_UPDATE_FILE = update(lora_files).where(lora_files.c.partial_path == bindparam("k_partial_path"))
+
+
+def adapter_requested(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterRequested)
     spec = payload.spec
-    key = and_(adapters.c.workspace == spec.workspace, adapters.c.name == spec.name)
-    await conn.execute(delete(adapters).where(key))
-    await conn.execute(
-        insert(adapters).values(
-            workspace=spec.workspace,
-            name=spec.name,
-            latest_version=payload.version,
-            api=spec.api.value,
-            description=spec.description,
-            enabled=spec.enabled,
-            lora_config=spec.lora_config,
-            version=event.aggregate_version,
-            created_at=event.occurred_at,
-            updated_at=event.occurred_at,
+    key = {"k_workspace": spec.workspace, "k_name": spec.name}
+    conn.execute(_DELETE_ADAPTER, key)
+    conn.execute(
+        _INSERT_ADAPTER,
+        {
+            "workspace": spec.workspace,
+            "name": spec.name,
+            "latest_version": payload.version,
+            "api": spec.api.value,
+            "description": spec.description,
+            "enabled": spec.enabled,
+            "lora_config": spec.lora_config,
+            "version": event.aggregate_version,
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
             **_creator(event),
-        )
+        },
     )
-    version_key = and_(
-        adapter_versions.c.workspace == spec.workspace,
-        adapter_versions.c.name == spec.name,
-        adapter_versions.c.version == payload.version,
-    )
-    await conn.execute(delete(adapter_versions).where(version_key))
-    await conn.execute(
-        insert(adapter_versions).values(
-            workspace=spec.workspace,
-            name=spec.name,
-            version=payload.version,
-            status=adapter_events.AdapterStatus.REQUESTED.value,
-            spec=_json(spec),
-            bytes_done=0,
-            correlation_id=event.correlation_id,
-            created_at=event.occurred_at,
-            updated_at=event.occurred_at,
+    conn.execute(_DELETE_VERSION, {**key, "k_version": payload.version})
+    conn.execute(
+        _INSERT_VERSION,
+        {
+            "workspace": spec.workspace,
+            "name": spec.name,
+            "version": payload.version,
+            "status": adapter_events.AdapterStatus.REQUESTED.value,
+            "spec": _json(spec),
+            "bytes_done": 0,
+            "correlation_id": event.correlation_id,
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
             **_creator(event),
-        )
+        },
     )
 
 
-async def _update_version(conn: AsyncConnection, event: Envelope, version: int, **values: Any) -> None:
+def _update_version(conn: Connection, event: Envelope, version: int, **values: Any) -> None:
     workspace, name = _split_adapter_id(event.aggregate_id)
-    await conn.execute(
-        update(adapter_versions)
-        .where(
-            adapter_versions.c.workspace == workspace,
-            adapter_versions.c.name == name,
-            adapter_versions.c.version == version,
-        )
-        .values(updated_at=event.occurred_at, **values)
-    )
-    await conn.execute(
-        update(adapters)
-        .where(adapters.c.workspace == workspace, adapters.c.name == name)
-        .values(updated_at=event.occurred_at, version=event.aggregate_version)
-    )
+    key = {"k_workspace": workspace, "k_name": name}
+    conn.execute(_UPDATE_VERSION, {**key, "k_version": version, "updated_at": event.occurred_at, **values})
+    conn.execute(_UPDATE_ADAPTER, {**key, "updated_at": event.occurred_at, "version": event.aggregate_version})
 
 
-async def adapter_progressed(conn: AsyncConnection, event: Envelope) -> None:
+def adapter_progressed(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterProgressed)
-    await _update_version(
+    _update_version(
         conn,
         event,
         payload.version,
@@ -105,10 +108,10 @@ async def adapter_progressed(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def adapter_stored(conn: AsyncConnection, event: Envelope) -> None:
+def adapter_stored(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterStored)
-    await _update_version(
+    _update_version(
         conn,
         event,
         payload.version,
@@ -121,10 +124,10 @@ async def adapter_stored(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def adapter_rejected(conn: AsyncConnection, event: Envelope) -> None:
+def adapter_rejected(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterRejected)
-    await _update_version(
+    _update_version(
         conn,
         event,
         payload.version,
@@ -135,11 +138,11 @@ async def adapter_rejected(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def adapter_updated(conn: AsyncConnection, event: Envelope) -> None:
+def adapter_updated(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterUpdated)
     workspace, name = _split_adapter_id(event.aggregate_id)
-    await conn.execute(
+    conn.execute(
         update(adapters)
         .where(adapters.c.workspace == workspace, adapters.c.name == name)
         .values(
@@ -150,69 +153,59 @@ async def adapter_updated(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def adapter_deleted(conn: AsyncConnection, event: Envelope) -> None:
+def adapter_deleted(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterDeleted)
     # Versions stay: their events and objects are history. Only the name is gone.
-    await conn.execute(
-        delete(adapters).where(adapters.c.workspace == payload.workspace, adapters.c.name == payload.name)
-    )
+    conn.execute(delete(adapters).where(adapters.c.workspace == payload.workspace, adapters.c.name == payload.name))
 
 
-async def lora_file_reserved(conn: AsyncConnection, event: Envelope) -> None:
+def lora_file_reserved(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileReserved)
-    await conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
-    await conn.execute(
-        insert(lora_files).values(
-            partial_path=payload.partial_path,
-            entity_type=payload.entity_type.value,
-            filename=payload.filename,
-            original_filename=payload.original_filename,
-            status="validating",
-            file_size=payload.size,
-            sha256=payload.sha256,
-            correlation_id=event.correlation_id,
-            uploaded_at=event.occurred_at,
-            updated_at=event.occurred_at,
+    conn.execute(_DELETE_FILE, {"k_partial_path": payload.partial_path})
+    conn.execute(
+        _INSERT_FILE,
+        {
+            "partial_path": payload.partial_path,
+            "entity_type": payload.entity_type.value,
+            "filename": payload.filename,
+            "original_filename": payload.original_filename,
+            "status": "validating",
+            "file_size": payload.size,
+            "sha256": payload.sha256,
+            "correlation_id": event.correlation_id,
+            "uploaded_at": event.occurred_at,
+            "updated_at": event.occurred_at,
             **_creator(event, "uploader"),
-        )
+        },
     )
 
 
-async def lora_file_stored(conn: AsyncConnection, event: Envelope) -> None:
+def lora_file_stored(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileStored)
-    await conn.execute(
-        update(lora_files)
-        .where(lora_files.c.partial_path == payload.partial_path)
-        .values(
-            status="stored", blob_key=payload.file.key, analysis=_json(payload.analysis), updated_at=event.occurred_at
-        )
-    )
+    values = {"status": "stored", "blob_key": payload.file.key, "analysis": _json(payload.analysis)}
+    conn.execute(_UPDATE_FILE, {"k_partial_path": payload.partial_path, **values, "updated_at": event.occurred_at})
 
 
-async def lora_file_rejected(conn: AsyncConnection, event: Envelope) -> None:
+def lora_file_rejected(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileRejected)
-    await conn.execute(
+    conn.execute(
         update(lora_files)
         .where(lora_files.c.partial_path == payload.partial_path)
         .values(status="rejected", reason=payload.reason, updated_at=event.occurred_at)
     )
 
 
-async def lora_file_binned(conn: AsyncConnection, event: Envelope) -> None:
+def lora_file_binned(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileBinned)
-    row = (
-        (await conn.execute(select(lora_files).where(lora_files.c.partial_path == payload.partial_path)))
-        .mappings()
-        .first()
-    )
-    await conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))
+    row = (conn.execute(select(lora_files).where(lora_files.c.partial_path == payload.partial_path))).mappings().first()
+    conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))
     if row is not None:
-        await conn.execute(
+        conn.execute(
             insert(lora_bin).values(
                 bin_path=payload.bin_path,
                 partial_path=payload.partial_path,
@@ -227,17 +220,17 @@ async def lora_file_binned(conn: AsyncConnection, event: Envelope) -> None:
                 correlation_id=event.correlation_id,
             )
         )
-    await conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
+    conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
 
 
-async def lora_file_restored(conn: AsyncConnection, event: Envelope) -> None:
+def lora_file_restored(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileRestored)
-    row = (await conn.execute(select(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))).mappings().first()
+    row = (conn.execute(select(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))).mappings().first()
     if row is None:
         return  # replayed after a later event removed it: nothing to move
-    await conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
-    await conn.execute(
+    conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
+    conn.execute(
         insert(lora_files).values(
             partial_path=payload.partial_path,
             entity_type=row["entity_type"],
@@ -254,10 +247,10 @@ async def lora_file_restored(conn: AsyncConnection, event: Envelope) -> None:
             **_creator(event, "uploader"),
         )
     )
-    await conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))
+    conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))
 
 
-async def fileset_file_added(conn: AsyncConnection, event: Envelope) -> None:
+def fileset_file_added(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, fileset_events.FilesetFileAdded)
     key = and_(
@@ -265,8 +258,8 @@ async def fileset_file_added(conn: AsyncConnection, event: Envelope) -> None:
         fileset_files.c.fileset == payload.fileset,
         fileset_files.c.path == payload.path,
     )
-    await conn.execute(delete(fileset_files).where(key))
-    await conn.execute(
+    conn.execute(delete(fileset_files).where(key))
+    conn.execute(
         insert(fileset_files).values(
             workspace=payload.workspace,
             fileset=payload.fileset,
@@ -280,11 +273,11 @@ async def fileset_file_added(conn: AsyncConnection, event: Envelope) -> None:
     )
 
 
-async def fileset_file_stored(conn: AsyncConnection, event: Envelope) -> None:
+def fileset_file_stored(conn: Connection, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, fileset_events.FilesetFileStored)
     workspace, _, fileset = event.aggregate_id.partition("/")
-    await conn.execute(
+    conn.execute(
         update(fileset_files)
         .where(
             fileset_files.c.workspace == workspace,

@@ -34,7 +34,7 @@ async def replay(
     engine = create_engine(database_url)
     try:
         await create_schema(engine)
-        projector = Projector(engine)
+        projector = Projector(engine, bulk=True)
         if await projector.offsets(EVENTS.name):
             raise RuntimeError(f"{database_url} already holds a read model; replay needs a fresh database")
         consumer, partitions = await open_event_log(settings, projector, bulk=True)
@@ -58,5 +58,6 @@ async def replay(
             return ReplayStats(events=done, seconds=time.perf_counter() - started)
         finally:
             await stop_quietly(consumer)
+            projector.close()
     finally:
         await engine.dispose()
