@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,8 +33,8 @@ from aiokafka import TopicPartition
 from infra.kafka import make_consumer, make_producer, read_to_end
 from infra.kafka_admin import ensure_topics
 from infra.settings import Settings
-from streams.topics import COMMANDS, TopicSpec
-from tests.support import Stack, start_stack, stop_stack
+from streams.topics import COMMANDS, EVENTS, TopicSpec
+from tests.support import Stack, read_topic, start_stack, stop_stack
 
 CONCURRENCY = 32
 MESSAGE = b"x" * 600  # about the size of a workspace.create envelope
@@ -157,6 +158,8 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         print(f"throughput ratio pipeline / raw: {pipeline.rate / throughput.rate:.3f} (goal >= 0.25)")
         print(f"p99 ratio pipeline / raw round trip: {pipeline.pct(99) / trips.pct(99):.2f} (goal <= 5)", flush=True)
 
+        await asyncio.to_thread(print_hops, stack)
+
         if args.total:
             p99s = []
             done = 0
@@ -167,6 +170,23 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
                 p99s.append(one.pct(99))
                 print(f"round {len(p99s)}: {done:,} written; " + one.line("", "commands").lstrip(": "), flush=True)
             print(f"last round p99 / first round p99: {p99s[-1] / p99s[0]:.2f} (goal <= 1.5)")
+
+
+def print_hops(stack: Stack) -> None:
+    """Where the time of a create goes: API -> decision (the command's and the event's occurred_at)."""
+    sent = {
+        r.json()["command_id"]: datetime.fromisoformat(r.json()["occurred_at"])
+        for r in read_topic(stack.bootstrap, COMMANDS.name)
+        if r.json().get("type") == "workspace.create"
+    }
+    hops = sorted(
+        (datetime.fromisoformat(e["occurred_at"]) - sent[e["command_id"]]).total_seconds()
+        for e in (r.json() for r in read_topic(stack.bootstrap, EVENTS.name))
+        if e.get("type") == "workspace.created" and e["command_id"] in sent
+    )
+    if hops:
+        pct = {p: hops[min(len(hops) - 1, int(p / 100 * len(hops)))] * 1000 for p in (50, 99)}
+        print(f"API publish -> decided: p50 {pct[50]:.0f} ms, p99 {pct[99]:.0f} ms ({len(hops)} commands)")
 
 
 def main() -> None:
