@@ -49,6 +49,17 @@ def sqlite_writer(engine: AsyncEngine, *, bulk: bool = False) -> Engine | None:
         url.set(drivername="sqlite"), connect_args={"timeout": 30, "check_same_thread": False}, pool_size=1
     )
     _with_pragmas(writer, "OFF" if bulk else "NORMAL")
+
+    # Each batch's transaction takes the write lock at its start, not at its first write: two API processes
+    # projecting into one file then wait for each other instead of failing to upgrade a read lock.
+    @event.listens_for(writer, "connect")
+    def _manual_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(writer, "begin")
+    def _begin_immediate(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
     return writer
 
 

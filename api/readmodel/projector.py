@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.readmodel.database import sqlite_writer
@@ -67,7 +68,17 @@ class Projector:
             self._writer.dispose()
 
 
+# Any number of API processes may project into one database. Each batch first takes this lock (PostgreSQL; SQLite's
+# writer begins its transactions IMMEDIATE, which does the same), so one process applies an offset and the others,
+# reading the stored offsets after it committed, skip it.
+_PROJECTION_LOCK = 0x6C6F7261  # "lora"
+
+
 def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
+    """Project what is new in `records`; the command ids of every event in them, applied here or by another process
+    before (its waiters in this process wake all the same)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PROJECTION_LOCK})
     command_ids: list[str] = []
     stored = {
         (topic, partition): next_offset for topic, partition, next_offset in conn.execute(select(projection_offsets))
@@ -78,7 +89,10 @@ def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
     for record in records:
         key = (record.topic, record.partition)
         if record.offset < positions.get(key, 0):
-            continue  # already applied: a redelivery
+            # Applied already: a redelivery, or another API process projected it first.
+            if (command_id := _command_id(record.value)) is not None:
+                command_ids.append(command_id)
+            continue
         positions[key] = record.offset + 1
         try:
             event = decode(record.value)
@@ -106,3 +120,11 @@ def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
         else:
             conn.execute(insert(projection_offsets).values(topic=topic, partition=partition, next_offset=next_offset))
     return command_ids
+
+
+def _command_id(value: bytes | None) -> str | None:
+    try:
+        found = json.loads(value or b"null").get("command_id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
