@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> faust.App:
     jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), open_secret_box(settings))
     instances = DeploymentInstances(lambda command: processor.send_command(command))
     serving = AdapterDeployments(lambda command: processor.send_command(command))
-    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs, instances, serving])
+    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs, instances, serving], snapshots_as="worker")
     liveness = NodeLiveness(settings.node_timeout_s)
     commands = app.topic(
         COMMANDS.name,

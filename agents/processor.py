@@ -44,11 +44,17 @@ class Observer(Protocol):
 
 
 class CommandProcessor:
-    def __init__(self, settings: Settings, aggregates: Iterable[Aggregate], observers: Sequence[Observer] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        aggregates: Iterable[Aggregate],
+        observers: Sequence[Observer] = (),
+        snapshots_as: str | None = None,
+    ) -> None:
         self._observers = tuple(observers)
         self.state = AgentState({aggregate.name: aggregate for aggregate in aggregates})
         self._settings = settings
-        self._follower = EventLogFollower(settings, self.state)
+        self._follower = EventLogFollower(settings, self.state, snapshots_as)
         self._producer: AIOKafkaProducer | None = None
         self._start_lock = asyncio.Lock()
         self._started = False

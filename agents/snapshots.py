@@ -160,6 +160,19 @@ def load(data: bytes, aggregates: Mapping[str, Aggregate], handled_window_s: flo
         raise SnapshotInvalid(f"unreadable body: {type(exc).__name__}: {exc}") from exc
 
 
+def restore_into(state: AgentState, restored: AgentState) -> None:
+    """Make `state` (an object others hold) the restored state, in place."""
+    state.entries.clear()
+    state.entries.update(restored.entries)
+    state.handled_commands = restored.handled_commands
+
+
+def reset(state: AgentState) -> None:
+    """Empty `state` in place, keeping its handled-commands window."""
+    state.entries.clear()
+    state.handled_commands.clear()
+
+
 def differences(state: AgentState, snapshot: Snapshot) -> list[str]:
     """What differs between a state (folded from offset 0 to the snapshot's positions) and the snapshot's state."""
     found: list[str] = []
