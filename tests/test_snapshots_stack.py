@@ -21,6 +21,7 @@ from infra.settings import Settings
 from infra.snapshot_store import SnapshotStore
 from streams.envelope import SYSTEM_ACTOR
 from streams.serialization import encode, envelope_for, key_for
+from streams.topics import EVENTS
 from streams.workspaces import WorkspaceCreated
 from tests.support import Stack
 
@@ -170,6 +171,30 @@ def test_a_damaged_snapshot_is_ignored(stack: Stack, tmp_path: Path) -> None:
             assert last.state == full.state
         finally:
             await last.stop()
+            await full.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_beyond_the_end_of_the_log_is_ignored(stack: Stack, tmp_path: Path) -> None:
+    """A log reset while S3 kept the snapshots: their positions lie past the log's end, so they cannot be used."""
+    who = f"test-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(stack, tmp_path, snapshot_every=EVERY)
+    store = SnapshotStore(make_client(settings), settings.s3_bucket, who)
+
+    async def scenario() -> None:
+        await append_events(stack, 5)
+        planted = AgentState({a.name: a for a in AGGREGATES})
+        beyond = {p: 10**9 for p in range(EVENTS.partitions)}
+        store.put(store.key_for(sum(beyond.values())), snapshots.dump(planted, beyond, who))
+        follower = await started(settings, who)
+        full = await started(settings, None)
+        try:
+            assert follower.snapshot_loaded is None
+            await same_end(follower, full)
+            assert follower.state == full.state and follower.state.entries
+        finally:
+            await follower.stop()
             await full.stop()
 
     asyncio.run(scenario())
