@@ -14,16 +14,19 @@ returns new values and never changes its input) and `encode` does the rest in a 
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import from_json, to_json
 
 from agents.aggregate import Aggregate
 from agents.state import AgentState, AggregateState, HandledCommands
@@ -36,10 +39,25 @@ class SnapshotInvalid(Exception):
     """The bytes are not a snapshot this code can use: damaged, another format version, or other aggregates."""
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building or dumping a whole state allocates objects by the hundred thousand, each of which counts towards the
+    cyclic GC's thresholds: it would scan the growing heap again and again (a 100k-event state: 4.4 s to load with
+    it, 1.7 s without). Nothing here makes cycles, so pause it for the bulk work (process-wide, for that long)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _adapter(state_type: Any) -> TypeAdapter[Any]:
+    """Validates and dumps a list of one aggregate's values (None for an aggregate that is gone) in one call."""
     adapter = _adapters.get(state_type)
     if adapter is None:
-        adapter = _adapters[state_type] = TypeAdapter(state_type)
+        adapter = _adapters[state_type] = TypeAdapter(list[state_type | None])
     return adapter
 
 
@@ -93,11 +111,25 @@ def capture(state: AgentState, positions: Mapping[int, int], who: str) -> Captur
 
 def encode(captured: Captured, created_at: datetime | None = None) -> bytes:
     """The snapshot's bytes (CPU-bound: run it in a thread)."""
-    entries = []
+    with _gc_paused():
+        return _encode(captured, created_at)
+
+
+def _encode(captured: Captured, created_at: datetime | None) -> bytes:
+    by_type: dict[str, tuple[list[str], list[int], list[Any]]] = {}
     for (aggregate_type, aggregate_id), entry in captured.entries:
-        aggregate = captured.aggregates[aggregate_type]
-        value = None if entry.value is None else _adapter(aggregate.state_type).dump_python(entry.value, mode="json")
-        entries.append([aggregate_type, aggregate_id, entry.version, value])
+        ids, versions, values = by_type.setdefault(aggregate_type, ([], [], []))
+        ids.append(aggregate_id)
+        versions.append(entry.version)
+        values.append(entry.value)
+    entries = {
+        aggregate_type: {
+            "ids": ids,
+            "versions": versions,
+            "values": _adapter(captured.aggregates[aggregate_type].state_type).dump_python(values, mode="json"),
+        }
+        for aggregate_type, (ids, versions, values) in sorted(by_type.items())
+    }
     body = {
         "format_version": FORMAT_VERSION,
         "who": captured.who,
@@ -106,10 +138,10 @@ def encode(captured: Captured, created_at: datetime | None = None) -> bytes:
         "positions": {str(p): o for p, o in sorted(captured.positions.items())},
         "handled_window_s": captured.handled_window_s,
         "handled_newest": captured.handled_newest,
-        "handled": [[c, at] for c, at in captured.handled],
+        "handled": {"ids": [c for c, _ in captured.handled], "at": [at for _, at in captured.handled]},
         "entries": entries,
     }
-    body_bytes = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    body_bytes = to_json(body)
     header = {"format_version": FORMAT_VERSION, "sha256": hashlib.sha256(body_bytes).hexdigest()}
     return gzip.compress(json.dumps(header).encode() + b"\n" + body_bytes, compresslevel=6, mtime=0)
 
@@ -120,6 +152,11 @@ def dump(state: AgentState, positions: Mapping[int, int], who: str) -> bytes:
 
 def load(data: bytes, aggregates: Mapping[str, Aggregate], handled_window_s: float | None = None) -> Snapshot:
     """Check and decode a snapshot for a state of `aggregates`; SnapshotInvalid says why it cannot be used."""
+    with _gc_paused():
+        return _load(data, aggregates, handled_window_s)
+
+
+def _load(data: bytes, aggregates: Mapping[str, Aggregate], handled_window_s: float | None) -> Snapshot:
     try:
         raw = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as exc:
@@ -136,7 +173,7 @@ def load(data: bytes, aggregates: Mapping[str, Aggregate], handled_window_s: flo
     if header.get("sha256") != hashlib.sha256(body_bytes).hexdigest():
         raise SnapshotInvalid("content hash does not match")
     try:
-        body = json.loads(body_bytes)
+        body = from_json(body_bytes)
         if body["format_version"] != FORMAT_VERSION:
             raise SnapshotInvalid(f"body format version {body['format_version']!r}")
         if body["aggregates"] != covered(aggregates):
@@ -144,19 +181,27 @@ def load(data: bytes, aggregates: Mapping[str, Aggregate], handled_window_s: flo
         window_s = float(body["handled_window_s"])
         if handled_window_s is not None and window_s < handled_window_s:
             raise SnapshotInvalid(f"keeps handled commands for {window_s:g}s, wanted {handled_window_s:g}s")
-        state = AgentState(dict(aggregates), handled_commands=HandledCommands(handled_window_s or window_s))
-        for aggregate_type, aggregate_id, version, value in body["entries"]:
-            aggregate = aggregates[aggregate_type]
-            folded = None if value is None else _adapter(aggregate.state_type).validate_python(value)
-            state.entries[(aggregate_type, aggregate_id)] = AggregateState(version=int(version), value=folded)
-        for command_id, at in body["handled"]:
-            state.handled_commands.add(command_id, float(at))
-        state.handled_commands.newest = float(body["handled_newest"])
+        handled = body["handled"]
+        if len(handled["ids"]) != len(handled["at"]):
+            raise SnapshotInvalid("handled commands and their times do not pair up")
+        restored = HandledCommands.restored(
+            handled_window_s or window_s,
+            zip(handled["ids"], map(float, handled["at"]), strict=True),
+            float(body["handled_newest"]),
+        )
+        state = AgentState(dict(aggregates), handled_commands=restored)
+        for aggregate_type, found in body["entries"].items():
+            ids, versions = found["ids"], found["versions"]
+            values = _adapter(aggregates[aggregate_type].state_type).validate_python(found["values"])
+            if not len(ids) == len(versions) == len(values):
+                raise SnapshotInvalid(f"{aggregate_type}: ids, versions and values do not pair up")
+            for aggregate_id, version, value in zip(ids, versions, values, strict=True):
+                state.entries[(aggregate_type, aggregate_id)] = AggregateState(version=int(version), value=value)
         positions = {int(p): int(o) for p, o in body["positions"].items()}
         return Snapshot(who=str(body["who"]), positions=positions, state=state, created_at=str(body["created_at"]))
     except SnapshotInvalid:
         raise
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
         raise SnapshotInvalid(f"unreadable body: {type(exc).__name__}: {exc}") from exc
 
 

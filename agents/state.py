@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,6 +34,15 @@ class HandledCommands:
         self._at: OrderedDict[str, float] = OrderedDict()
         self.newest = 0.0
         self._added = 0
+
+    @staticmethod
+    def restored(window_s: float, items: Iterable[tuple[str, float]], newest: float) -> HandledCommands:
+        """Rebuilt from `items()` and `newest` of another (a snapshot's)."""
+        handled = HandledCommands(window_s)
+        handled._at.update(items)
+        handled.newest = newest
+        handled.prune()
+        return handled
 
     def add(self, command_id: str, occurred_at: datetime | float) -> None:
         at = occurred_at if isinstance(occurred_at, float) else occurred_at.timestamp()

@@ -305,7 +305,7 @@ def test_a_damaged_or_foreign_snapshot_is_refused() -> None:
 
     # A body that hashes right but does not parse as our state (written by other code) is refused too.
     entries = json.loads(body)
-    entries["entries"][0][3] = {"no": "such field"}
+    entries["entries"]["workspace"]["values"][0] = {"no": "such field"}
     bad = json.dumps(entries).encode()
     with pytest.raises(snapshots.SnapshotInvalid, match="unreadable body"):
         snapshots.load(_pack({**header, "sha256": hashlib.sha256(bad).hexdigest()}, bad), state.aggregates)
@@ -331,7 +331,7 @@ def test_handled_commands_keep_only_the_window() -> None:
     state = AgentState({WORKSPACES.name: WORKSPACES}, handled_commands=handled)
     loaded = snapshots.load(snapshots.dump(state, {}, "worker"), state.aggregates)
     assert loaded.state.handled_commands == handled
-    assert len(json.loads(_parts(snapshots.dump(state, {}, "worker"))[1])["handled"]) == 101
+    assert len(json.loads(_parts(snapshots.dump(state, {}, "worker"))[1])["handled"]["ids"]) == 101
 
 
 def test_folding_many_reservations_shares_structure() -> None:
