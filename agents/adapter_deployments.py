@@ -1,7 +1,8 @@
 """The process manager that serves a newly stored Empower LoRA on the deployments of its base model (seed 000's
 `active_deployment`): on `adapter.stored` it sends `deployment.attach_adapter` to every live deployment whose base
-model is the adapter's and whose instances pass the pre-flight check. Command ids derive from the event, so a
-redelivered event attaches nothing twice.
+model is the adapter's and whose instances pass the pre-flight check. The processor runs it from the log
+(agents.follow_ups), so a crash between the event and the command loses nothing; command ids derive from the
+event, so running it twice attaches nothing twice.
 
 Served this way, a LoRA is on demand (the gateway may evict it for another when slots run out): only an explicit
 `POST /deploy/lora` pins one. A new version of a LoRA served pinned replaces it pinned.
@@ -10,22 +11,18 @@ Served this way, a LoRA is on demand (the gateway may evict it for another when 
 from __future__ import annotations
 
 import logging
-import uuid
 
 from agents.adapters import Adapter
-from agents.background_sends import BackgroundSends, Send
 from agents.deployments import Deployment, adapter_problems
 from agents.state import AgentState
 from streams import deployments
 from streams.adapters import AGGREGATE as ADAPTERS
 from streams.adapters import AdapterApi, AdapterStored, public_name
 from streams.deployments import AttachAdapter, DeployedAdapter, base_model_key
-from streams.envelope import Envelope
+from streams.envelope import Envelope, derived_id
 from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
-
-_IDS = uuid.UUID("6f1d2c3b-9a84-4e51-b7c2-5d0e8f3a1c27")
 
 
 def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter, bool]]:
@@ -65,30 +62,17 @@ def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedA
     return out
 
 
-class AdapterDeployments:
-    """An Observer of the command processor (agents.processor.Observer)."""
-
-    def __init__(self, send: Send) -> None:
-        self._sends = BackgroundSends(send, "serve adapter")
-        self._state: AgentState | None = None
-
-    def started(self, state: AgentState) -> None:
-        self._state = state
-
-    def decided(self, event: Envelope, cause: Envelope) -> None:
-        if self._state is None or not isinstance(event.payload, AdapterStored):
-            return
-        for deploy_id, adapter, on_demand in attachments(self._state, event):
-            command = envelope_for(
-                AttachAdapter(adapter=adapter, on_demand=on_demand),
-                aggregate_id=deploy_id,
-                actor=cause.actor,
-                command_id=uuid.uuid5(_IDS, f"{event.id}:{deploy_id}").hex,
-                correlation_id=event.correlation_id,
-                causation_id=event.id,
-                traceparent=event.traceparent,
-            )
-            self._sends.send(command)
-
-    async def stop(self) -> None:
-        await self._sends.stop()
+def follow_ups(state: AgentState, event: Envelope) -> list[Envelope]:
+    """The `deployment.attach_adapter` commands `event` calls for (none unless it is an `adapter.stored`)."""
+    return [
+        envelope_for(
+            AttachAdapter(adapter=adapter, on_demand=on_demand),
+            aggregate_id=deploy_id,
+            actor=event.actor,
+            command_id=derived_id(event.id, f"attach:{deploy_id}"),
+            correlation_id=event.correlation_id,
+            causation_id=event.id,
+            traceparent=event.traceparent,
+        )
+        for deploy_id, adapter, on_demand in attachments(state, event)
+    ]

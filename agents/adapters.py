@@ -50,6 +50,7 @@ class AdapterVersion:
     artifact: Artifact | None = None
     analysis: Analysis | None = None
     provenance: Provenance | None = None
+    requested_by: str = ""  # the id of the `adapter.requested` event: the cause of its artifacts job
 
     @property
     def finished(self) -> bool:
@@ -159,7 +160,9 @@ def evolve(current: Adapter | None, event: Envelope) -> Adapter | None:
     at = event.occurred_at
     if isinstance(payload, AdapterRequested):
         spec = payload.spec
-        fresh = AdapterVersion(payload.version, spec, AdapterStatus.REQUESTED, created_at=at, updated_at=at)
+        fresh = AdapterVersion(
+            payload.version, spec, AdapterStatus.REQUESTED, created_at=at, updated_at=at, requested_by=event.id
+        )
         if current is None or current.deleted:
             return Adapter(spec.workspace, spec.name, versions=(*(current.versions if current else ()), fresh))
         return replace(current, versions=(*current.versions, fresh), changes=AdapterChanges())

@@ -9,7 +9,7 @@ from typing import Any
 import faust
 
 import streams.catalog  # noqa: F401 - registers every message type
-from agents.adapter_deployments import AdapterDeployments
+from agents import adapter_deployments, deployment_instances
 from agents.adapters import ADAPTERS
 from agents.api_keys import API_KEYS
 from agents.artifacts.jobs import ArtifactJobs
@@ -20,7 +20,7 @@ from agents.filesets import FILESETS
 from agents.lora_files import LORA_DIRS
 from agents.node.desired import cluster_of
 from agents.node_liveness import NodeLiveness, cluster_partition
-from agents.processor import CommandProcessor
+from agents.processor import CommandProcessor, Message
 from agents.usage import USAGE
 from agents.workspaces import WORKSPACES
 from infra.faust_transport import FaustApp
@@ -57,8 +57,13 @@ def create_app(settings: Settings) -> faust.App:
     )
     jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), open_secret_box(settings))
     instances = DeploymentInstances(lambda command: processor.send_command(command))
-    serving = AdapterDeployments(lambda command: processor.send_command(command))
-    processor = CommandProcessor(settings, AGGREGATES, observers=[jobs, instances, serving], snapshots_as="worker")
+    processor = CommandProcessor(
+        settings,
+        AGGREGATES,
+        observers=[jobs, instances],
+        follow_ups=[deployment_instances.follow_ups, adapter_deployments.follow_ups],
+        snapshots_as="worker",
+    )
     liveness = NodeLiveness(settings.node_timeout_s)
     commands = app.topic(
         COMMANDS.name,
@@ -71,19 +76,29 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(commands)
     async def handle_commands(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            headers = list(message.headers or [])
-            source = f"{message.topic}:{message.partition}:{message.offset}"
-            liveness.heard_message(message.value, headers, datetime.now(UTC))
-            await processor.handle(message.value, headers, source, key=message.key)
+        # What arrives together is decided together and published in one round (agents.processor); Faust acks
+        # the batch once handle_many returns.
+        async for events in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
+            messages = []
+            for event in events:
+                message = event.message
+                headers = list(message.headers or [])
+                liveness.heard_message(message.value, headers, datetime.now(UTC))
+                source = f"{message.topic}:{message.partition}:{message.offset}"
+                messages.append(Message(message.value, headers, source, message.key))
+            await processor.handle_many(messages)
 
     @app.on_before_shutdown.connect
     async def _stop_processor(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await jobs.stop()
         await instances.stop()
-        await serving.stop()
         await processor.stop()
+
+    @app.on_partitions_assigned.connect
+    async def _take_up_owned_work(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """After every rebalance: the command partitions this worker owns decide who runs which jobs and follow-ups."""
+        [assigned] = args
+        await processor.owned(frozenset(tp.partition for tp in assigned if tp.topic == COMMANDS.name))
 
     @app.task
     async def _fold_the_log_before_the_first_command() -> None:

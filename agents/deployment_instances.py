@@ -1,15 +1,15 @@
 """The process manager between the deployment and cluster aggregates (they cannot see each other).
 
 On `deployment.created | scaled | deleted` it asks the cluster for the instances the deployment should have
-(`instances.request` with the total, or `instances.release`). At start it compares every deployment's desired count
-with the cluster's folded state and asks again where they differ, so a crash between the deployment's event and the
-request loses nothing. Requests are declarative (a total, not a delta): sending one twice changes nothing.
+(`instances.request` with the total, or `instances.release`): `follow_ups`, run by the processor from the log
+(agents.follow_ups). At start it also compares every deployment's desired count with the cluster's folded state
+and asks again where they differ. Requests are declarative (a total, not a delta): sending one twice changes
+nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import replace
 
 from agents.background_sends import BackgroundSends, Send
@@ -19,12 +19,10 @@ from agents.state import AgentState
 from streams import deployments
 from streams.cluster import AGGREGATE as CLUSTER_AGGREGATE
 from streams.cluster import CLUSTER_ID, ReleaseInstances, RequestInstances
-from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload, derived_id
 from streams.serialization import envelope_for
 
 log = logging.getLogger(__name__)
-
-_IDS = uuid.UUID("0b7f6a55-3c1e-4d8e-8a39-2f0e7c9d4a61")
 
 
 def instances_command(deployment: Deployment) -> Payload:
@@ -52,46 +50,52 @@ def reconcile(state: AgentState) -> list[Payload]:
     return out
 
 
+def follow_ups(state: AgentState, event: Envelope) -> list[Envelope]:
+    """The cluster request a deployment's event calls for, with an id derived from the event."""
+    payload = event.payload
+    command: Payload | None = None
+    if isinstance(payload, deployments.DeploymentCreated):
+        command = instances_command(Deployment(event.aggregate_id, payload.spec, payload.spec.settings))
+    elif isinstance(payload, deployments.DeploymentDeleted):
+        command = ReleaseInstances(deploy_id=event.aggregate_id)
+    elif isinstance(payload, deployments.DeploymentScaled):
+        current = state.get(deployments.AGGREGATE, event.aggregate_id).value
+        if isinstance(current, Deployment):
+            command = instances_command(replace(current, settings=payload.settings))
+    if command is None:
+        return []
+    return [
+        envelope_for(
+            command,
+            aggregate_id=CLUSTER_ID,
+            actor=SYSTEM_ACTOR,
+            command_id=derived_id(event.id, "instances"),
+            correlation_id=event.correlation_id,
+            causation_id=event.id,
+            traceparent=event.traceparent,
+        )
+    ]
+
+
 class DeploymentInstances:
-    """An Observer of the command processor (agents.processor.Observer)."""
+    """An Observer of the command processor (agents.processor.Observer): at start, asks again for every
+    deployment whose instance count the cluster does not match."""
 
     def __init__(self, send: Send) -> None:
         self._sends = BackgroundSends(send, "instances")
-        self._state: AgentState | None = None
 
     def started(self, state: AgentState) -> None:
-        self._state = state
         for payload in reconcile(state):
-            key = f"reconcile:{payload.model_dump_json()}:{state.get(CLUSTER_AGGREGATE, CLUSTER_ID).version}"
-            self._dispatch(payload, uuid.uuid5(_IDS, key).hex, None)
+            # No single event causes a start-up request: the cluster's version at start stands in for one.
+            cause = f"{CLUSTER_AGGREGATE}/{CLUSTER_ID}@{state.get(CLUSTER_AGGREGATE, CLUSTER_ID).version}"
+            command_id = derived_id(cause, f"reconcile:{payload.model_dump_json()}")
+            self._sends.send(envelope_for(payload, aggregate_id=CLUSTER_ID, actor=SYSTEM_ACTOR, command_id=command_id))
+
+    def owned(self, partitions: frozenset[int]) -> None:
+        """Requests are declarative and go to the cluster's one partition: any worker may send them."""
 
     def decided(self, event: Envelope, cause: Envelope) -> None:
-        payload = event.payload
-        command: Payload | None = None
-        if isinstance(payload, deployments.DeploymentCreated):
-            command = instances_command(Deployment(event.aggregate_id, payload.spec, payload.spec.settings))
-        elif isinstance(payload, deployments.DeploymentDeleted):
-            command = ReleaseInstances(deploy_id=event.aggregate_id)
-        elif isinstance(payload, deployments.DeploymentScaled) and self._state is not None:
-            # The processor folded the deployment's earlier events before deciding the scale.
-            current = self._state.get(deployments.AGGREGATE, event.aggregate_id).value
-            if isinstance(current, Deployment):
-                command = instances_command(replace(current, settings=payload.settings))
-        if command is not None:
-            # Derived from the event, so a redelivered event's request is a duplicate the processor drops.
-            self._dispatch(command, uuid.uuid5(_IDS, f"event:{event.id}").hex, event)
-
-    def _dispatch(self, payload: Payload, command_id: str, cause: Envelope | None) -> None:
-        command = envelope_for(
-            payload,
-            aggregate_id=CLUSTER_ID,
-            actor=SYSTEM_ACTOR,
-            command_id=command_id,
-            correlation_id=cause.correlation_id if cause is not None else None,
-            causation_id=cause.id if cause is not None else None,
-            traceparent=cause.traceparent if cause is not None else None,
-        )
-        self._sends.send(command)
+        """Live events are followed up from the log (`follow_ups`); this only reconciles at start."""
 
     async def stop(self) -> None:
         await self._sends.stop()

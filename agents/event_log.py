@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.structs import RecordMetadata
 
 from agents import snapshots
 from agents.snapshots import Snapshot
@@ -93,6 +93,12 @@ class EventLogFollower:
         self.snapshot_loaded = snapshot
         return positions
 
+    async def positions(self) -> dict[TopicPartition, int]:
+        """Where the folded state ends in each partition."""
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        return {tp: await consumer.position(tp) for tp in self._partitions}
+
     async def stop(self) -> None:
         if self.snapshots is not None:
             await self.snapshots.idle()
@@ -100,17 +106,18 @@ class EventLogFollower:
             await stop_quietly(self._consumer)
             self._consumer = None
 
-    async def published(self, event: Envelope, metadata: RecordMetadata) -> None:
-        """Take in an event this process wrote. When nothing unread precedes it, fold it in here
-        (and skip it in the log) rather than wait a fetch to read it back; otherwise make the next
-        catch-up read at least past it."""
-        tp = TopicPartition(metadata.topic, metadata.partition)
-        consumer = self._consumer
-        if consumer is not None and await consumer.position(tp) == metadata.offset:
+    async def published(self, partition: int, first_offset: int, events: Sequence[Envelope]) -> None:
+        """Take in events this process wrote as one batch, from `first_offset` of `partition` on: fold them in now
+        (folding is idempotent, so reading them back later changes nothing), and when nothing unread precedes
+        them, skip them in the log rather than read them back."""
+        for event in events:
             self.state.apply(event)
-            consumer.seek(tp, metadata.offset + 1)
+        tp = TopicPartition(EVENTS.name, partition)
+        consumer = self._consumer
+        if consumer is not None and await consumer.position(tp) == first_offset:
+            consumer.seek(tp, first_offset + len(events))
             return
-        self._published[tp] = max(self._published.get(tp, 0), metadata.offset + 1)
+        self._published[tp] = max(self._published.get(tp, 0), first_offset + len(events))
 
     async def catch_up(self) -> None:
         consumer = self._consumer
@@ -141,4 +148,4 @@ class EventLogFollower:
                 log.error("unreadable event at %s:%d: %s", tp, record.offset, exc)
         self._folded += len(records)
         if self.snapshots is not None and self._consumer is not None and self.snapshots.counted(len(records)):
-            self.snapshots.write_following(self.state, self._consumer, self._partitions)
+            self.snapshots.write_following(self.state, self._consumer, self._partitions, self._published)

@@ -23,6 +23,7 @@ class FilesetFile:
     size: int
     sha256: str
     stored: StoredFile | None = None
+    requested_by: str = ""  # the id of the `fileset.file_added` event: the cause of its artifacts job
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def evolve(current: Fileset | None, event: Envelope) -> Fileset | None:
     payload = event.payload
     if isinstance(payload, FilesetFileAdded):
         state = current or Fileset(payload.workspace, payload.fileset)
-        added = FilesetFile(payload.path, payload.staged_key, payload.size, payload.sha256)
+        added = FilesetFile(payload.path, payload.staged_key, payload.size, payload.sha256, requested_by=event.id)
         return replace(state, files=state.files.set(payload.path, added))
     if isinstance(payload, FilesetFileStored) and current is not None:
         found = current.files.get(payload.file.path)

@@ -41,6 +41,7 @@ class LoraFile:
     stored: bool = False  # False while the artifacts agent validates it
     file: StoredFile | None = None
     analysis: Analysis | None = None
+    requested_by: str = ""  # the id of the `lora_file.reserved` event: the cause of its artifacts job
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def evolve(current: LoraDir | None, event: Envelope) -> LoraDir | None:
             size=payload.size,
             sha256=payload.sha256,
             uploaded_at=event.occurred_at,
+            requested_by=event.id,
         )
         return replace(state, files=state.files.set(payload.partial_path, reserved))
     if current is None:

@@ -88,25 +88,39 @@ class Snapshotter:
         self.since_last = 0
         self._task = asyncio.get_running_loop().create_task(self._write(captured), name=f"snapshot {self.who}")
 
-    def write_following(self, state: AgentState, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+    def write_following(
+        self,
+        state: AgentState,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        folded_until: Mapping[TopicPartition, int],
+    ) -> None:
         """Capture the state with the consumer's positions, from a task of its own (so at a point between two events),
-        then encode and upload it in a thread."""
+        then encode and upload it in a thread. `folded_until` (live): per partition, the offset up to which the state
+        may already hold events the follower published itself, ahead of its position; while any is ahead, the state
+        does not match the positions and the capture waits for a later count."""
         self.since_last = 0
         self._task = asyncio.get_running_loop().create_task(
-            self._capture_and_write(state, consumer, partitions), name=f"snapshot {self.who}"
+            self._capture_and_write(state, consumer, partitions, folded_until), name=f"snapshot {self.who}"
         )
 
     async def _capture_and_write(
-        self, state: AgentState, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+        self,
+        state: AgentState,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        folded_until: Mapping[TopicPartition, int],
     ) -> None:
         try:
-            before = {tp.partition: await consumer.position(tp) for tp in partitions}
-            captured = snapshots.capture(state, before, self.who)
-            after = {tp.partition: await consumer.position(tp) for tp in partitions}
+            before = {tp: await consumer.position(tp) for tp in partitions}
+            captured = snapshots.capture(state, {tp.partition: o for tp, o in before.items()}, self.who)
+            after = {tp: await consumer.position(tp) for tp in partitions}
         except Exception as exc:  # the consumer stopping meanwhile
             log.warning("could not capture a snapshot: %s", exc)
             return
-        if after != before:  # a position awaited: the capture may straddle an event; the next count tries again
+        # A position awaited (the capture may straddle an event), or the state holds published events past a
+        # position: not a state of the log up to these positions. The next count tries again.
+        if after != before or any(folded_until.get(tp, 0) > offset for tp, offset in before.items()):
             self.since_last = self.every
             return
         await self._write(captured)

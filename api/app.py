@@ -19,6 +19,7 @@ from api.deployments.adapters import ROUTES as DEPLOYMENT_ADAPTER_ROUTES
 from api.deployments.routes import ROUTES as DEPLOYMENT_ROUTES
 from api.empower.routes import ROUTES as EMPOWER_ROUTES
 from api.errors import EXCEPTION_HANDLERS
+from api.events.routes import ROUTES as EVENT_ROUTES
 from api.gateway.metrics import metrics
 from api.gateway.openapi import document_proxied_routes
 from api.gateway.routes import GATEWAY_PATHS
@@ -91,6 +92,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             *DEPLOYMENT_ADAPTER_ROUTES,
             *GATEWAY_ROUTES,
             *USAGE_ROUTES,
+            *EVENT_ROUTES,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),

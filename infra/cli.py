@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from infra.settings import Settings, get_settings
 
@@ -191,6 +194,90 @@ async def _replay(settings: Settings, database_url: str) -> int:
     return 0
 
 
+# --- events -----------------------------------------------------------------------------------
+
+
+def _moment(text: str) -> datetime:
+    from infra.event_tools import parse_moment
+
+    try:
+        return parse_moment(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not Unix seconds or an ISO 8601 time: {text!r}") from None
+
+
+def _events(settings: Settings, args: argparse.Namespace) -> int:
+    import streams.catalog  # noqa: F401 - registers every message type
+    from infra import event_tools
+
+    if args.events_command == "schema":
+        sys.stdout.write(event_tools.schema_text())
+        return 0
+    if args.events_command == "verify":
+        report = asyncio.run(event_tools.verify(settings, args.topic))
+        for problem in report.problems:
+            print(problem)
+        print(f"{args.topic}: {report.summary()}")
+        return 0 if report.ok else 1
+    selection = event_tools.Selection(
+        types=tuple(args.type or ()),
+        aggregate=args.aggregate,
+        since=getattr(args, "since", None),
+        until=getattr(args, "until", None),
+    )
+    if args.events_command == "tail":
+
+        def ready(positions: dict[int, int]) -> None:
+            where = " ".join(f"{p}:{o}" for p, o in sorted(positions.items()))
+            print(f"following {args.topic} from {where}", file=sys.stderr, flush=True)
+
+        following = event_tools.tail(
+            settings, args.topic, selection, sys.stdout, from_start=args.from_start, limit=args.limit, on_ready=ready
+        )
+        asyncio.run(following)
+        return 0
+    start, starts = event_tools.parse_offsets(args.from_offset or ())
+    stop, stops = event_tools.parse_offsets(args.to_offset or ())
+    offsets = event_tools.OffsetRange(start, stop, starts, stops)
+    with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as out:
+        result = asyncio.run(event_tools.export(settings, args.topic, selection, offsets, out, args.partition or ()))
+    for where in result.skipped:
+        print(f"skipped {where}: not a JSON object", file=sys.stderr)
+    ends = " ".join(f"--from-offset {p}:{o}" for p, o in sorted(result.ends.items()))
+    print(f"exported {result.written} events; to continue from the end: {ends}", file=sys.stderr)
+    return 0
+
+
+def _events_parser(sub: Any) -> None:
+    from streams.topics import EVENTS
+
+    events = sub.add_parser("events", help="tools for the event log's consumers: tail, export, verify, schema")
+    commands = events.add_subparsers(dest="events_command", required=True)
+    tail = commands.add_parser("tail", help="follow the log, one JSON line per event")
+    export = commands.add_parser("export", help="events by offset or time range as JSON lines, up to the end now")
+    verify = commands.add_parser("verify", help="check the whole log: decoding, aggregate versions, one decision each")
+    commands.add_parser("schema", help="print the JSON Schema of every event and command type and version")
+    for tool in (tail, export, verify):
+        tool.add_argument("--topic", default=EVENTS.name, help=f"the topic to read (default {EVENTS.name})")
+    for tool in (tail, export):
+        tool.add_argument(
+            "--type", action="append", help="only this type (repeatable); ending in '.' a prefix, e.g. adapter."
+        )
+        tool.add_argument("--aggregate", metavar="TYPE[/ID]", help="only this aggregate type, or this one aggregate")
+    tail.add_argument("--from-start", action="store_true", help="print the whole log first (default: from its end)")
+    tail.add_argument("--limit", type=int, help="stop after this many events")
+    export.add_argument(
+        "--from-offset", action="append", metavar="[P:]N", help="first offset, of every partition or of P (repeatable)"
+    )
+    export.add_argument(
+        "--to-offset", action="append", metavar="[P:]N", help="offset to stop before, every partition or P"
+    )
+    export.add_argument("--partition", type=int, action="append", help="only this partition (repeatable)")
+    export.add_argument("--since", type=_moment, help="occurred_at at or after (Unix seconds or ISO 8601)")
+    export.add_argument("--until", type=_moment, help="occurred_at before (Unix seconds or ISO 8601)")
+    export.add_argument("--output", type=Path, help="write to this file instead of stdout")
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -211,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--timeout", type=float, default=60.0)
     replay = sub.add_parser("replay", help="rebuild a read model from offset 0 into a fresh database")
     replay.add_argument("--database-url", required=True, help="e.g. sqlite+aiosqlite:///rebuilt.db")
+    _events_parser(sub)
     return parser
 
 
@@ -251,6 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_create_key(settings, args.name, args.role, args.timeout))
     if args.command == "replay":
         return asyncio.run(_replay(settings, args.database_url))
+    if args.command == "events":
+        # The tools print records on stdout and little else: the Kafka client's INFO lines are noise here.
+        logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+        try:
+            return _events(settings, args)
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:  # `loraplane events tail | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush finds no closed pipe
+            return 0
+        except LookupError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     return 2
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
 from infra.settings import Settings
@@ -18,6 +20,13 @@ from streams.topics import TopicSpec
 OnRecords = Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[None] | None]
 
 
+# The most bytes `publish_together` puts in one record batch (under the brokers' default 1 MiB message limit).
+MAX_BATCH_BYTES = 512 * 1024
+# What a record adds to a batch beyond its key, value and headers, rounded up (varints, attributes, deltas).
+_RECORD_OVERHEAD = 64
+_BATCH_OVERHEAD = 128
+
+
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     # No idempotent producer: Tansu does not support it, and every handler dedupes anyway.
     return AIOKafkaProducer(
@@ -26,6 +35,7 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         enable_idempotence=False,
         linger_ms=0,
         request_timeout_ms=15_000,
+        max_batch_size=MAX_BATCH_BYTES,
     )
 
 
@@ -56,6 +66,85 @@ async def publish(producer: AIOKafkaProducer, topic: TopicSpec, envelope: Envelo
     return await producer.send_and_wait(
         topic.name, value=encode(envelope), key=key_for(envelope), headers=headers_for(envelope)
     )
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """One record batch `publish_together` sent: which groups it held, in order, and where it landed (its first
+    record's offset) or why it did not."""
+
+    groups: tuple[int, ...]
+    partition: int
+    landed: RecordMetadata | None
+    error: BaseException | None
+
+
+async def publish_together(
+    producer: AIOKafkaProducer, topic: TopicSpec, groups: Sequence[Sequence[Envelope]]
+) -> list[BatchOutcome]:
+    """Publish groups of envelopes, each group whole in one record batch, so a group lands all or nothing: a broker
+    writes a batch at once (Kafka appends it as one unit; Tansu stores it as one object) and a consumer reads it
+    whole. The envelopes of a group must share their key (one aggregate). Groups bound for one partition share
+    batches while they fit, which also keeps the broker's object count down. Every batch is sent before any is
+    awaited; each outcome says whether its batch landed."""
+    partitions = sorted(await producer.partitions_for(topic.name))
+    choose = DefaultPartitioner()
+    by_partition: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        keys = {key_for(e) for e in group}
+        if len(keys) != 1:
+            raise ValueError(f"a group published together needs one key, not {len(keys)}")
+        by_partition.setdefault(choose(keys.pop(), partitions, partitions), []).append(index)
+
+    planned: list[tuple[int, list[int], list[tuple[bytes, bytes, list[tuple[str, bytes]]]]]] = []
+    for partition, indexes in by_partition.items():
+        members: list[int] = []
+        records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+        size = _BATCH_OVERHEAD
+        for index in indexes:
+            encoded = [(key_for(e), encode(e), headers_for(e)) for e in groups[index]]
+            group_size = sum(_record_size(*record) for record in encoded)
+            if members and size + group_size > MAX_BATCH_BYTES:
+                planned.append((partition, members, records))
+                members, records, size = [], [], _BATCH_OVERHEAD
+            members.append(index)
+            records.extend(encoded)
+            size += group_size
+        planned.append((partition, members, records))
+
+    built = []  # every batch is built before any is sent: a group too large for one batch sends nothing
+    for partition, members, records in planned:
+        batch = producer.create_batch()
+        for key, value, headers in records:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"{len(records)} records do not fit in one {MAX_BATCH_BYTES}-byte batch")
+        batch.close()
+        built.append((partition, members, batch))
+    sent: list[tuple[int, list[int], asyncio.Future[RecordMetadata] | BaseException]] = []
+    for partition, members, batch in built:
+        try:
+            sent.append((partition, members, await producer.send_batch(batch, topic.name, partition=partition)))
+        except Exception as exc:
+            sent.append((partition, members, exc))
+    outcomes = []
+    for partition, members, future in sent:
+        try:
+            if isinstance(future, BaseException):
+                raise future
+            outcomes.append(BatchOutcome(tuple(members), partition, await future, None))
+        except Exception as exc:
+            outcomes.append(BatchOutcome(tuple(members), partition, None, exc))
+    return outcomes
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition a producer sends a record with `key` to, out of `partitions` (Kafka's default partitioner)."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(key, every, every))
+
+
+def _record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> int:
+    return len(key) + len(value) + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
 
 
 class PositionsBeyondLog(Exception):

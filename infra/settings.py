@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # Static group membership: a restarted worker with the same id takes its partitions back at
     # once instead of waiting for its old session to time out. Unique per worker process.
     worker_instance_id: str | None = Field(None, validation_alias=_env("LORAPLANE_WORKER_INSTANCE_ID"))
+    # Crash points for recovery tests (infra.faults); never on in production.
+    fault_injection: bool = Field(False, validation_alias=_env("LORAPLANE_FAULT_INJECTION"))
+    # A worker decides the commands that arrive together in one round and publishes their events at once:
+    # at most this many, gathered for at most this long after the first.
+    worker_batch_max: int = Field(500, ge=1, le=10_000, validation_alias=_env("LORAPLANE_WORKER_BATCH_MAX"))
+    worker_batch_within_s: float = Field(0.005, gt=0, le=5, validation_alias=_env("LORAPLANE_WORKER_BATCH_WITHIN_S"))
 
     # Snapshots of the agents' folded state (agents/snapshotting.py): the worker and each node agent write one to S3
     # every this many events folded (and at start-up after folding at least as many), and start from the newest valid

@@ -43,6 +43,16 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+_DERIVED_IDS = uuid.UUID("3c2f5e0a-8d4b-4f6e-9a71-0b5c7d2e9f13")
+
+
+def derived_id(cause_id: str, purpose: str) -> str:
+    """The id of a message a process sends because of another message (`cause_id`, usually an event's id):
+    the same cause and purpose always give the same id, so a process that runs again after a crash sends
+    commands the processor drops as repeats, and two different causes never share an id."""
+    return uuid.uuid5(_DERIVED_IDS, f"{cause_id}:{purpose}").hex
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

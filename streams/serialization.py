@@ -90,9 +90,28 @@ def decode(data: bytes | None) -> Envelope:
         )
     try:
         payload = meta.model.model_validate(raw.get("payload"))
-        return Envelope.model_validate({**raw, "payload": payload})
     except ValidationError as exc:
         raise MessageDecodeError(f"invalid {name} v{version}: {_describe(exc)}") from None
+    if version != registry.current_version(name):
+        version, payload = _upcast(name, version, payload)
+    try:
+        return Envelope.model_validate({**raw, "schema_version": version, "payload": payload})
+    except ValidationError as exc:
+        raise MessageDecodeError(f"invalid {name} v{version}: {_describe(exc)}") from None
+
+
+def _upcast(name: str, version: int, payload: Payload) -> tuple[int, Payload]:
+    """An old payload brought to the newest version of its type, through the registered upcasters."""
+    try:
+        newest, data = registry.upcast(name, version, payload.model_dump(mode="json"))
+    except LookupError as exc:
+        raise MessageDecodeError(f"{name} v{version} cannot be read as the current version: {exc}") from None
+    meta = registry.lookup(name, newest)
+    assert meta is not None  # upcast() only reaches registered versions
+    try:
+        return newest, meta.model.model_validate(data)
+    except ValidationError as exc:
+        raise MessageDecodeError(f"{name} v{version} upcast to v{newest} is invalid: {_describe(exc)}") from None
 
 
 def _describe(exc: ValidationError) -> str:

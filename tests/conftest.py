@@ -50,6 +50,8 @@ def stack(
         "LORAPLANE_NODE_DEVICES": "cpu:1",
         # The gateway sends the usage it counted every second (10 s by default), so tests read it soon.
         "LORAPLANE_GATEWAY_USAGE_FLUSH_S": "1",
+        # Crash points a test may arm (infra.faults; tests/test_atomic_decisions.py).
+        "LORAPLANE_FAULT_INJECTION": "true",
     }
     with external_services() as external:
         running = start_stack(Path(tmp_path_factory.mktemp("stack")), extra_env={**sources, **(external or {})})

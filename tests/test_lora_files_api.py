@@ -144,6 +144,28 @@ def test_content_decides_and_refused_files_are_not_kept(
     assert again.status_code == 200, again.text
 
 
+def test_the_same_bytes_under_the_same_name_again_after_a_delete_or_a_refusal(admin: Api) -> None:
+    """Each upload is a new job whose reports are its own: a second upload of identical bytes under an identical
+    name is stored (or refused) again, never left `validating` because its reports look like the first job's."""
+    name = f"{unique()}.safetensors"
+    path = f"styles/{name}"
+    data = kohya_lora(seed=41)
+    for _ in range(2):
+        stored = upload(admin, name, data, entity_type="styles")
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["partial_path"] == path
+        assert admin.request("DELETE", FILES, json={"partial_path": path}).status_code == 200
+    assert path not in listed(admin, "styles")
+
+    refused_name = f"{unique()}.safetensors"
+    bad = malformed_safetensors_header()
+    for _ in range(2):
+        refused = upload(admin, refused_name, bad, entity_type="styles")
+        assert refused.status_code == 422, refused.text
+        assert detail(refused)["loc"] == ["body", "file"]
+    assert f"styles/{refused_name}" not in listed(admin, "styles")
+
+
 @pytest.mark.parametrize(
     ("filename", "words"),
     [

@@ -16,9 +16,11 @@ def test_every_route_is_documented(anonymous: Api) -> None:
         "/v2/commands/{command_id}",
         "/v2/admin/api-keys",
         "/v2/admin/api-keys/{key_id}",
+        "/v2/events/schema",
     }
     assert set(paths["/v2/workspaces"]) == {"get", "post"}
     assert set(paths["/v2/workspaces/{name}"]) == {"get", "delete"}
+    assert set(paths["/v2/events/schema"]) == {"get"}
     assert spec["components"]["securitySchemes"]["BearerAuth"] == {"type": "http", "scheme": "bearer"}
     create = paths["/v2/workspaces"]["post"]
     body = create["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]

@@ -3,7 +3,9 @@ fileset file. A job's outcome is a command back to the aggregate that asked for 
 
 Nothing is lost on a crash: a job is found again from the folded log at start-up (every requested
 item not yet stored or refused) and run again. Re-running is safe: objects are content-addressed,
-and a job's reports carry command ids derived from the job, so the processor drops repeats.
+and a job's reports carry command ids derived from the id of the event that asked for the job
+(`streams.envelope.derived_id`), so the processor drops a re-run's repeats while a new request for
+the same bytes under the same name (after a delete or a refusal) gets reports of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from pathlib import Path
@@ -43,6 +44,7 @@ from agents.lora_files import LoraDir
 from agents.state import AgentState
 from agents.validation import ArtifactReport, ValidationProblem
 from infra.errors import LoraplaneError, is_retriable
+from infra.kafka import partition_of
 from infra.s3 import make_client
 from infra.s3_objects import remove_quietly, store_blob_from_file, store_blob_from_object
 from infra.secrets import SecretBox
@@ -59,14 +61,14 @@ from streams.adapters import (
     UploadSource,
 )
 from streams.artifacts import Artifact, Progress, Provenance, StoredFile
-from streams.envelope import SYSTEM_ACTOR, Envelope, Payload
+from streams.envelope import SYSTEM_ACTOR, Envelope, Payload, derived_id
 from streams.outcomes import CommandRejected
 from streams.serialization import envelope_for
+from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[Envelope], Awaitable[None]]
-_REPORT_IDS = uuid.UUID("6f1f0c3e-6c52-4d0e-9a43-3f4a9d9c1b55")
 PROGRESS_STEPS = 4  # at most this many download progress events per version (25 %, 50 %, ...)
 PROGRESS_MIN_INTERVAL_S = 1.0
 
@@ -88,7 +90,7 @@ class ArtifactJobs:
         self._client: Minio | None = None
         self._state: AgentState | None = None
         self._slots = asyncio.Semaphore(settings.artifact_jobs)
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # by job key: (partition, task)
 
     @property
     def client(self) -> Minio:
@@ -100,12 +102,26 @@ class ArtifactJobs:
 
     def started(self, state: AgentState) -> None:
         self._state = state
+
+    def owned(self, partitions: frozenset[int]) -> None:
+        """Run the unfinished jobs of the aggregates whose commands partition this worker owns (all of them after a
+        crash of the worker that ran them, or one of another worker's, taken over); stop the jobs it gave up: their
+        new owner runs them again, and its reports, with the same ids, are the ones that count."""
+        for key, (partition, task) in list(self._running.items()):
+            if partition not in partitions:
+                log.info("artifact job %s: its partition went to another worker; stopped", key)
+                task.cancel()
+        state = self._state
+        if state is None:
+            return
         for (aggregate_type, aggregate_id), entry in list(state.entries.items()):
+            if _partition(aggregate_id) not in partitions:
+                continue
             value = entry.value
             if aggregate_type == adapters.AGGREGATE and isinstance(value, Adapter):
                 for version in value.versions:
                     if not version.finished:
-                        self._start_adapter(aggregate_id, version.version, version.spec, None)
+                        self._start_adapter(aggregate_id, version.version, version.spec, version.requested_by, None)
             elif aggregate_type == lora_files.AGGREGATE and isinstance(value, LoraDir):
                 for file in value.files.values():
                     if not file.stored:
@@ -116,19 +132,22 @@ class ArtifactJobs:
                             file.staged_key,
                             file.sha256,
                             file.size,
+                            file.requested_by,
                             None,
                         )
             elif aggregate_type == filesets.AGGREGATE and isinstance(value, Fileset):
                 for f in value.files.values():
                     if f.stored is None:
-                        self._start_fileset_file(aggregate_id, f.path, f.staged_key, f.sha256, f.size, None)
+                        self._start_fileset_file(
+                            aggregate_id, f.path, f.staged_key, f.sha256, f.size, f.requested_by, None
+                        )
 
     def decided(self, event: Envelope, command: Envelope) -> None:
         payload = event.payload
         if isinstance(payload, CommandRejected):
             self._discard_refused_upload(command)
         elif isinstance(payload, adapters.AdapterRequested):
-            self._start_adapter(event.aggregate_id, payload.version, payload.spec, event.correlation_id)
+            self._start_adapter(event.aggregate_id, payload.version, payload.spec, event.id, event.correlation_id)
         elif isinstance(payload, lora_files.LoraFileReserved):
             self._start_lora_file(
                 event.aggregate_id,
@@ -137,11 +156,18 @@ class ArtifactJobs:
                 payload.staged_key,
                 payload.sha256,
                 payload.size,
+                event.id,
                 event.correlation_id,
             )
         elif isinstance(payload, filesets.FilesetFileAdded):
             self._start_fileset_file(
-                event.aggregate_id, payload.path, payload.staged_key, payload.sha256, payload.size, event.correlation_id
+                event.aggregate_id,
+                payload.path,
+                payload.staged_key,
+                payload.sha256,
+                payload.size,
+                event.id,
+                event.correlation_id,
             )
 
     def _discard_refused_upload(self, command: Envelope) -> None:
@@ -150,17 +176,21 @@ class ArtifactJobs:
         upload = command.payload
         if isinstance(upload, lora_files.UploadLoraFile | filesets.AddFilesetFile):
             key = upload.staged_key
-            self._spawn(f"discard:{key}", lambda: asyncio.to_thread(remove_quietly, self.client, self._bucket, key))
+            self._spawn(
+                f"discard:{key}",
+                lambda: asyncio.to_thread(remove_quietly, self.client, self._bucket, key),
+                command.aggregate_id,
+            )
 
     async def stop(self) -> None:
-        tasks = list(self._running.values())
+        tasks = [task for _, task in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- scheduling -----------------------------------------------------------------------------
 
-    def _spawn(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+    def _spawn(self, key: str, work: Callable[[], Awaitable[None]], aggregate_id: str) -> None:
         if key in self._running:
             return
 
@@ -173,14 +203,19 @@ class ArtifactJobs:
             except Exception:
                 log.exception("artifact job %s could not report; it runs again when the worker restarts", key)
             finally:
-                self._running.pop(key, None)
+                if (running := self._running.get(key)) is not None and running[1] is asyncio.current_task():
+                    del self._running[key]
 
-        self._running[key] = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
+        log.info("artifact job %s started", key)
+        task = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
+        self._running[key] = (_partition(aggregate_id), task)
 
-    def _start_adapter(self, aggregate_id: str, version: int, spec: AdapterSpec, correlation: str | None) -> None:
+    def _start_adapter(
+        self, aggregate_id: str, version: int, spec: AdapterSpec, cause: str, correlation: str | None
+    ) -> None:
         key = f"adapter:{aggregate_id}:{version}"
-        reporter = _Reporter(self._send, key, adapters.AGGREGATE, aggregate_id, correlation)
-        self._spawn(key, lambda: self._adapter_job(reporter, aggregate_id, version, spec))
+        reporter = _Reporter(self._send, key, cause, adapters.AGGREGATE, aggregate_id, correlation)
+        self._spawn(key, lambda: self._adapter_job(reporter, aggregate_id, version, spec), aggregate_id)
 
     def _start_lora_file(
         self,
@@ -190,18 +225,28 @@ class ArtifactJobs:
         staged_key: str,
         digest: str,
         size: int,
+        cause: str,
         correlation: str | None,
     ) -> None:
-        key = f"lora_file:{partial_path}:{digest}"
-        reporter = _Reporter(self._send, key, lora_files.AGGREGATE, directory, correlation)
-        self._spawn(key, lambda: self._lora_file_job(reporter, partial_path, filename, staged_key, digest, size))
+        key = f"lora_file:{partial_path}:{digest}:{cause}"
+        reporter = _Reporter(self._send, key, cause, lora_files.AGGREGATE, directory, correlation)
+        self._spawn(
+            key, lambda: self._lora_file_job(reporter, partial_path, filename, staged_key, digest, size), directory
+        )
 
     def _start_fileset_file(
-        self, fileset_id: str, path: str, staged_key: str, digest: str, size: int, correlation: str | None
+        self,
+        fileset_id: str,
+        path: str,
+        staged_key: str,
+        digest: str,
+        size: int,
+        cause: str,
+        correlation: str | None,
     ) -> None:
-        key = f"fileset:{fileset_id}:{path}:{digest}"
-        reporter = _Reporter(self._send, key, filesets.AGGREGATE, fileset_id, correlation)
-        self._spawn(key, lambda: self._fileset_job(reporter, path, staged_key, digest, size))
+        key = f"fileset:{fileset_id}:{path}:{digest}:{cause}"
+        reporter = _Reporter(self._send, key, cause, filesets.AGGREGATE, fileset_id, correlation)
+        self._spawn(key, lambda: self._fileset_job(reporter, path, staged_key, digest, size), fileset_id)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -380,6 +425,11 @@ class ArtifactJobs:
         return StoredFile(path=file.path, key=key, sha256=file.sha256, size=file.size)
 
 
+def _partition(aggregate_id: str) -> int:
+    """The commands partition of an aggregate: the worker that owns it runs the aggregate's jobs."""
+    return partition_of(aggregate_id.encode(), COMMANDS.partitions)
+
+
 def _expected_base_model(spec: AdapterSpec) -> str | None:
     """The base model the config must name. A NeMo `model` is a NeMo entity reference
     (`meta/llama-3.2-1b`), not the Hugging Face id a PEFT config holds, so it is not compared."""
@@ -397,11 +447,15 @@ def _is_s3_transport(exc: Exception) -> bool:
 
 
 class _Reporter:
-    """Sends one job's commands with ids derived from the job, so a re-run's reports are dropped as repeats."""
+    """Sends one job's commands with ids derived from the event that asked for the job (`cause`), so a re-run's
+    reports are dropped as repeats."""
 
-    def __init__(self, send: Send, key: str, aggregate_type: str, aggregate_id: str, correlation: str | None) -> None:
+    def __init__(
+        self, send: Send, key: str, cause: str, aggregate_type: str, aggregate_id: str, correlation: str | None
+    ) -> None:
         self._send = send
         self.key = key
+        self._cause = cause
         self._aggregate_type = aggregate_type
         self._aggregate_id = aggregate_id
         self._correlation = correlation
@@ -414,7 +468,7 @@ class _Reporter:
             payload,
             aggregate_id=self._aggregate_id,
             actor=SYSTEM_ACTOR,
-            command_id=uuid.uuid5(_REPORT_IDS, f"{self.key}:{step}").hex,
+            command_id=derived_id(self._cause, step),
             correlation_id=self._correlation,
         )
         await self._send(command)

@@ -1,0 +1,188 @@
+"""Command pipeline benchmark: commands through the API against raw aiokafka on the same broker, in the same run.
+
+Run `python bench/pipeline.py`. It starts the embedded stack (`loraplane up` on free ports in a temporary directory,
+no node agent), then:
+
+  (a) raw: 32 concurrent `send_and_wait` of workspace-sized messages to a topic of the same partitions, through
+      our producer settings: messages/s; and the round trip (produce -> a consumer tailing the topic receives it)
+      at the same concurrency: p50/p99.
+  (b) pipeline: workspace creates (`POST /v2/workspaces?wait=30`) from 32 concurrent clients: commands/s and
+      write -> outcome p50/p99 (the answer comes once the outcome is projected into the read model).
+      Goals: commands/s >= 0.25 of raw messages/s; p99 <= 5 x the raw round trip p99.
+  (c) history: `--total` creates (default 100,000) in rounds of `--round` (default 10,000), p99 per round.
+      Goal: the last round's p99 within 1.5 x the first's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+from aiokafka import TopicPartition
+
+from infra.kafka import make_consumer, make_producer, read_to_end
+from infra.kafka_admin import ensure_topics
+from infra.settings import Settings
+from streams.topics import COMMANDS, TopicSpec
+from tests.support import Stack, start_stack, stop_stack
+
+CONCURRENCY = 32
+MESSAGE = b"x" * 600  # about the size of a workspace.create envelope
+
+
+@dataclass
+class Run:
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def pct(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    def line(self, what: str, unit: str) -> str:
+        return (
+            f"{what}: {self.rate:,.0f} {unit}/s; p50 {self.pct(50) * 1000:.0f} ms, p99 {self.pct(99) * 1000:.0f} ms"
+            f" ({len(self.latencies)} in {self.seconds:.1f}s)"
+        )
+
+
+async def concurrently(count: int, one: object) -> Run:
+    """`count` calls of `one()` (an async callable returning its latency), CONCURRENCY at a time."""
+    assert callable(one)
+    latencies: list[float] = []
+    remaining = iter(range(count))
+
+    async def worker() -> None:
+        for _ in remaining:
+            latencies.append(await one())
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return Run(time.perf_counter() - began, latencies)
+
+
+async def raw(settings: Settings, count: int) -> tuple[Run, Run]:
+    topic = TopicSpec(f"bench.raw.{uuid.uuid4().hex[:8]}", partitions=COMMANDS.partitions)
+    await ensure_topics(settings.require_kafka(), [topic])
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+
+        async def send() -> float:
+            began = time.perf_counter()
+            await producer.send_and_wait(topic.name, MESSAGE, key=uuid.uuid4().bytes)
+            return time.perf_counter() - began
+
+        await concurrently(200, send)  # warm up: metadata, connections
+        throughput = await concurrently(count, send)
+        print(throughput.line("raw produce, 32 concurrent", "messages"), flush=True)
+
+        consumer = make_consumer(settings)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            await read_to_end(consumer, partitions, lambda tp, records: None, fetch_max_wait_ms=500)
+            arrived: dict[bytes, asyncio.Future[float]] = {}
+
+            async def tail() -> None:
+                while True:
+                    batches = await consumer.getmany(*partitions, timeout_ms=1000)
+                    now = time.perf_counter()
+                    for records in batches.values():
+                        for record in records:
+                            if (waiting := arrived.get(record.key)) is not None and not waiting.done():
+                                waiting.set_result(now)
+
+            tailing = asyncio.create_task(tail())
+
+            async def round_trip() -> float:
+                key = uuid.uuid4().bytes
+                arrived[key] = waiting = asyncio.get_running_loop().create_future()
+                began = time.perf_counter()
+                try:
+                    await producer.send_and_wait(topic.name, MESSAGE, key=key)
+                    return await asyncio.wait_for(waiting, 30) - began
+                finally:
+                    del arrived[key]
+
+            trips = await concurrently(max(200, count // 4), round_trip)
+            tailing.cancel()
+        finally:
+            await consumer.stop()
+        return throughput, trips
+    finally:
+        await producer.stop()
+
+
+async def creates(api: httpx.AsyncClient, count: int) -> Run:
+    async def create() -> float:
+        began = time.perf_counter()
+        answer = await api.post("/v2/workspaces", params={"wait": 30}, json={"name": f"w-{uuid.uuid4().hex[:12]}"})
+        if answer.status_code != 201:
+            raise RuntimeError(f"create answered {answer.status_code}: {answer.text}")
+        return time.perf_counter() - began
+
+    return await concurrently(count, create)
+
+
+async def run(stack: Stack, args: argparse.Namespace) -> None:
+    env = stack.cli_env()
+    settings = Settings.model_validate({"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+    throughput, trips = await raw(settings, args.raw)
+    print(trips.line("raw round trip, 32 concurrent", "messages"), flush=True)
+
+    key = stack.issue_key("admin", "bench")
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits
+    ) as api:
+        await creates(api, 100)  # warm up
+        pipeline = await creates(api, args.commands)
+        print(pipeline.line("pipeline, 32 concurrent clients", "commands"), flush=True)
+        print(f"throughput ratio pipeline / raw: {pipeline.rate / throughput.rate:.3f} (goal >= 0.25)")
+        print(f"p99 ratio pipeline / raw round trip: {pipeline.pct(99) / trips.pct(99):.2f} (goal <= 5)", flush=True)
+
+        if args.total:
+            p99s = []
+            done = 0
+            while done < args.total:
+                size = min(args.round, args.total - done)
+                one = await creates(api, size)
+                done += size
+                p99s.append(one.pct(99))
+                print(f"round {len(p99s)}: {done:,} written; " + one.line("", "commands").lstrip(": "), flush=True)
+            print(f"last round p99 / first round p99: {p99s[-1] / p99s[0]:.2f} (goal <= 1.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", type=int, default=3000, help="raw messages for the produce baseline")
+    parser.add_argument("--commands", type=int, default=2000, help="commands for the pipeline figure")
+    parser.add_argument("--total", type=int, default=100_000, help="commands written in rounds (0: skip)")
+    parser.add_argument("--round", type=int, default=10_000, help="commands per round")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loraplane-bench-") as tmp:
+        stack = start_stack(Path(tmp) / "stack", extra_env={"LORAPLANE_NODE": "off"})
+        try:
+            asyncio.run(run(stack, args))
+        finally:
+            stop_stack(stack)
+
+
+if __name__ == "__main__":
+    main()
