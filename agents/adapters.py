@@ -202,4 +202,4 @@ def _with_version(current: Adapter, number: int, **changes: object) -> Adapter:
     return replace(current, versions=versions)
 
 
-ADAPTERS = Aggregate(AGGREGATE, decide, evolve)
+ADAPTERS = Aggregate(AGGREGATE, decide, evolve, Adapter)

@@ -31,3 +31,8 @@ class Aggregate:
     name: str
     decide: Decide
     evolve: Evolve
+    # The type `evolve` returns (not counting None): snapshots (de)serialize state with pydantic's TypeAdapter over it,
+    # so every field must be a type pydantic round-trips exactly (agents.snapshots; tests/test_snapshots.py).
+    state_type: Any
+    # Bump when `evolve` would fold the same events into a different state: older snapshots are then ignored.
+    state_version: int = 1

@@ -41,4 +41,4 @@ def evolve(current: ApiKey | None, event: Envelope) -> ApiKey | None:
     return current
 
 
-API_KEYS = Aggregate(AGGREGATE, decide, evolve)
+API_KEYS = Aggregate(AGGREGATE, decide, evolve, ApiKey)

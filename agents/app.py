@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> faust.App:
         AGGREGATES,
         observers=[jobs, instances],
         follow_ups=[deployment_instances.follow_ups, adapter_deployments.follow_ups],
+        snapshots_as="worker",
     )
     liveness = NodeLiveness(settings.node_timeout_s)
     commands = app.topic(

@@ -266,4 +266,4 @@ def _release(draft: _Draft, requests: Iterable[InstanceRequest]) -> None:
         draft.reschedule()
 
 
-CLUSTER = Aggregate(AGGREGATE, decide, evolve)
+CLUSTER = Aggregate(AGGREGATE, decide, evolve, Cluster)

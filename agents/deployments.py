@@ -250,4 +250,4 @@ _STATUS_OF: Mapping[type[Payload], InstanceStatus] = {
     InstanceFailed: InstanceStatus.FAILED,
 }
 
-DEPLOYMENTS = Aggregate(AGGREGATE, decide, evolve)
+DEPLOYMENTS = Aggregate(AGGREGATE, decide, evolve, Deployment)

@@ -9,8 +9,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from agents import snapshots
+from agents.snapshots import Snapshot
+from agents.snapshotting import Snapshotter
 from agents.state import AgentState
-from infra.kafka import make_consumer, read_from_start, stop_quietly
+from infra.kafka import PositionsBeyondLog, make_consumer, read_from_start, stop_quietly
 from infra.settings import Settings
 from streams.envelope import Envelope
 from streams.serialization import MessageDecodeError, decode
@@ -29,16 +32,27 @@ class EventLogFollower:
     answer can lag behind the log.)
     """
 
-    def __init__(self, settings: Settings, state: AgentState) -> None:
+    def __init__(self, settings: Settings, state: AgentState, snapshots_as: str | None = None) -> None:
         self._settings = settings
         self.state = state
+        # Snapshots of the state under `snapshots/<snapshots_as>/` (agents.snapshotting); None: always fold from 0.
+        self.snapshots = Snapshotter.for_settings(settings, snapshots_as)
+        self.snapshot_loaded: Snapshot | None = None
+        self.tail_folded = 0  # events start() folded (after the snapshot it loaded, if any)
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
         self._published: dict[TopicPartition, int] = {}
+        self._folded = 0
 
     async def start(self) -> None:
+        """Load the newest valid snapshot, if any, and fold the log from its positions (else from offset 0) to its
+        end; write a snapshot when that tail was long."""
         started = time.perf_counter()
-        positions = await read_from_start(self._settings, EVENTS, self._fold)
+        self.state.handled_commands.window_s = self._settings.handled_commands_window_s
+        positions = await self._fold_from_snapshot()
+        if positions is None:
+            positions = await read_from_start(self._settings, EVENTS, self._fold)
+        self.tail_folded = self._folded
         self._partitions = list(positions)
         # From here on, a short fetch wait: catch-ups sit on the path of every decision.
         consumer = make_consumer(self._settings)
@@ -48,11 +62,36 @@ class EventLogFollower:
             consumer.seek(tp, offset)
         self._consumer = consumer
         log.info(
-            "event log folded in: %d events, %d aggregates in %.1fs",
+            "event log folded in: %d events (%d after %s), %d aggregates in %.1fs",
             sum(positions.values()),
+            self.tail_folded,
+            "snapshot at " + str(self.snapshot_loaded.total_offset) if self.snapshot_loaded else "offset 0",
             len(self.state.entries),
             time.perf_counter() - started,
         )
+        if self.snapshots is not None and self.tail_folded >= self.snapshots.every:
+            self.snapshots.write_soon(
+                snapshots.capture(self.state, {tp.partition: o for tp, o in positions.items()}, self.snapshots.who)
+            )
+
+    async def _fold_from_snapshot(self) -> dict[TopicPartition, int] | None:
+        """Restore the newest valid snapshot and fold the tail after it: the positions reached, or None (state
+        untouched) when there is no usable snapshot."""
+        if self.snapshots is None:
+            return None
+        snapshot = await self.snapshots.newest(self.state.aggregates, self.state.handled_commands.window_s)
+        if snapshot is None:
+            return None
+        snapshots.restore_into(self.state, snapshot.state)
+        try:
+            positions = await read_from_start(self._settings, EVENTS, self._fold, start_at=snapshot.positions)
+        except PositionsBeyondLog as exc:
+            log.warning("snapshot at offset %d ignored, the log does not reach it: %s", snapshot.total_offset, exc)
+            snapshots.reset(self.state)
+            self._folded = 0
+            return None
+        self.snapshot_loaded = snapshot
+        return positions
 
     async def positions(self) -> dict[TopicPartition, int]:
         """Where the folded state ends in each partition."""
@@ -61,6 +100,8 @@ class EventLogFollower:
         return {tp: await consumer.position(tp) for tp in self._partitions}
 
     async def stop(self) -> None:
+        if self.snapshots is not None:
+            await self.snapshots.idle()
         if self._consumer is not None:
             await stop_quietly(self._consumer)
             self._consumer = None
@@ -105,3 +146,6 @@ class EventLogFollower:
                 self.state.apply(decode(record.value))
             except MessageDecodeError as exc:
                 log.error("unreadable event at %s:%d: %s", tp, record.offset, exc)
+        self._folded += len(records)
+        if self.snapshots is not None and self._consumer is not None and self.snapshots.counted(len(records)):
+            self.snapshots.write_following(self.state, self._consumer, self._partitions, self._published)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from immutables import Map
+
 from agents.aggregate import Aggregate, Rejected
+from agents.frozen_map import FrozenMap
 from streams.artifacts import StoredFile
 from streams.envelope import Envelope, Payload
 from streams.filesets import AGGREGATE, AddFilesetFile, FilesetFileAdded, FilesetFileStored, StoreFilesetFile
@@ -27,7 +30,7 @@ class FilesetFile:
 class Fileset:
     workspace: str
     name: str
-    files: dict[str, FilesetFile] = field(default_factory=dict)
+    files: FrozenMap[str, FilesetFile] = field(default_factory=Map)  # persistent: O(log n) per event
 
     @property
     def complete(self) -> bool:
@@ -53,13 +56,13 @@ def evolve(current: Fileset | None, event: Envelope) -> Fileset | None:
     if isinstance(payload, FilesetFileAdded):
         state = current or Fileset(payload.workspace, payload.fileset)
         added = FilesetFile(payload.path, payload.staged_key, payload.size, payload.sha256, requested_by=event.id)
-        return replace(state, files={**state.files, payload.path: added})
+        return replace(state, files=state.files.set(payload.path, added))
     if isinstance(payload, FilesetFileStored) and current is not None:
         found = current.files.get(payload.file.path)
         if found is None:
             return current
-        return replace(current, files={**current.files, payload.file.path: replace(found, stored=payload.file)})
+        return replace(current, files=current.files.set(payload.file.path, replace(found, stored=payload.file)))
     return current
 
 
-FILESETS = Aggregate(AGGREGATE, decide, evolve)
+FILESETS = Aggregate(AGGREGATE, decide, evolve, Fileset)

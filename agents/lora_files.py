@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from immutables import Map
+
 from agents.aggregate import Aggregate, Rejected
+from agents.frozen_map import FrozenMap
 from streams.artifacts import Analysis, StoredFile
 from streams.envelope import Envelope, Payload
 from streams.lora_files import (
@@ -42,12 +45,21 @@ class LoraFile:
 
 
 @dataclass(frozen=True)
+class BinnedFile:
+    file: LoraFile
+    seq: int  # the order files went to the bin in
+
+
+@dataclass(frozen=True)
 class LoraDir:
+    """Persistent maps (agents.frozen_map), so that one event costs O(log n), not a copy of every file."""
+
     entity_type: EntityType
     # Files by partial path, reserved or stored: every name here is taken.
-    files: dict[str, LoraFile] = field(default_factory=dict)
-    # Binned files by bin path, oldest first.
-    binned: dict[str, LoraFile] = field(default_factory=dict)
+    files: FrozenMap[str, LoraFile] = field(default_factory=Map)
+    # Binned files by bin path; `seq` orders them.
+    binned: FrozenMap[str, BinnedFile] = field(default_factory=Map)
+    next_bin_seq: int = 1
 
 
 def _split(partial_path: str) -> tuple[str, str]:
@@ -57,7 +69,7 @@ def _split(partial_path: str) -> tuple[str, str]:
 
 def decide(current: LoraDir | None, command: Envelope) -> Sequence[Payload]:
     payload = command.payload
-    files = current.files if current is not None else {}
+    files: Map[str, LoraFile] = current.files if current is not None else Map()
     if isinstance(payload, UploadLoraFile):
         entity = payload.entity_type
         taken = [f.filename for f in files.values()]
@@ -101,9 +113,10 @@ def decide(current: LoraDir | None, command: Envelope) -> Sequence[Payload]:
             )
         ]
     if isinstance(payload, RestoreLoraFile):
-        candidates = [
-            b for b, f in (current.binned if current else {}).items() if f.partial_path == payload.partial_path
-        ]
+        binned = current.binned if current is not None else Map()
+        candidates = sorted(
+            (b for b, f in binned.items() if f.file.partial_path == payload.partial_path), key=lambda b: binned[b].seq
+        )
         if not candidates:
             raise Rejected(RejectionCode.NOT_FOUND, f"{payload.partial_path} is not in the bin", field="partial_path")
         if payload.partial_path in files:
@@ -130,7 +143,7 @@ def evolve(current: LoraDir | None, event: Envelope) -> LoraDir | None:
             uploaded_at=event.occurred_at,
             requested_by=event.id,
         )
-        return replace(state, files={**state.files, payload.partial_path: reserved})
+        return replace(state, files=state.files.set(payload.partial_path, reserved))
     if current is None:
         return None
     if isinstance(payload, LoraFileStored):
@@ -138,22 +151,31 @@ def evolve(current: LoraDir | None, event: Envelope) -> LoraDir | None:
         if found is None:
             return current
         stored = replace(found, stored=True, file=payload.file, analysis=payload.analysis)
-        return replace(current, files={**current.files, payload.partial_path: stored})
+        return replace(current, files=current.files.set(payload.partial_path, stored))
     if isinstance(payload, LoraFileRejected):
-        return replace(current, files={p: f for p, f in current.files.items() if p != payload.partial_path})
+        if payload.partial_path not in current.files:
+            return current
+        return replace(current, files=current.files.delete(payload.partial_path))
     if isinstance(payload, LoraFileBinned):
         found = current.files.get(payload.partial_path)
         if found is None:
             return current
-        files = {p: f for p, f in current.files.items() if p != payload.partial_path}
-        return replace(current, files=files, binned={**current.binned, payload.bin_path: found})
+        return replace(
+            current,
+            files=current.files.delete(payload.partial_path),
+            binned=current.binned.set(payload.bin_path, BinnedFile(found, current.next_bin_seq)),
+            next_bin_seq=current.next_bin_seq + 1,
+        )
     if isinstance(payload, LoraFileRestored):
-        found = current.binned.get(payload.bin_path)
-        if found is None:
+        binned = current.binned.get(payload.bin_path)
+        if binned is None:
             return current
-        binned = {b: f for b, f in current.binned.items() if b != payload.bin_path}
-        return replace(current, files={**current.files, payload.partial_path: found}, binned=binned)
+        return replace(
+            current,
+            files=current.files.set(payload.partial_path, binned.file),
+            binned=current.binned.delete(payload.bin_path),
+        )
     return current
 
 
-LORA_DIRS = Aggregate(AGGREGATE, decide, evolve)
+LORA_DIRS = Aggregate(AGGREGATE, decide, evolve, LoraDir)

@@ -85,6 +85,7 @@ class CommandProcessor:
         aggregates: Iterable[Aggregate],
         observers: Sequence[Observer] = (),
         follow_ups: Sequence[FollowUps] = (),
+        snapshots_as: str | None = None,
     ) -> None:
         self._observers = tuple(observers)
         self._follow_ups = (
@@ -101,7 +102,7 @@ class CommandProcessor:
         )
         self.state = AgentState({aggregate.name: aggregate for aggregate in aggregates})
         self._settings = settings
-        self._follower = EventLogFollower(settings, self.state)
+        self._follower = EventLogFollower(settings, self.state, snapshots_as)
         self._producer: AIOKafkaProducer | None = None
         self._start_lock = asyncio.Lock()
         self._started = False

@@ -27,4 +27,4 @@ def evolve(current: int | None, event: Envelope) -> int | None:
     return (current or 0) + 1 if isinstance(event.payload, UsageRecorded) else current
 
 
-USAGE = Aggregate(AGGREGATE, decide, evolve)
+USAGE = Aggregate(AGGREGATE, decide, evolve, int)

@@ -45,4 +45,4 @@ def evolve(current: Workspace | None, event: Envelope) -> Workspace | None:
     return current
 
 
-WORKSPACES = Aggregate(AGGREGATE, decide, evolve)
+WORKSPACES = Aggregate(AGGREGATE, decide, evolve, Workspace)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
@@ -146,10 +147,22 @@ def _record_size(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> 
     return len(key) + len(value) + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
 
 
-async def read_from_start(settings: Settings, topic: TopicSpec, on_records: OnRecords) -> dict[TopicPartition, int]:
-    """Read every partition of `topic` from offset 0 to its end as it is now, with a bulk consumer (a longer fetch
-    wait: Tansu then puts more batches in each answer); the positions reached, to follow the topic from."""
-    bulk = make_bulk_consumer(settings)
+class PositionsBeyondLog(Exception):
+    """Positions to read from lie past the end of the log (the log was reset since they were recorded)."""
+
+
+async def read_from_start(
+    settings: Settings,
+    topic: TopicSpec,
+    on_records: OnRecords,
+    start_at: Mapping[int, int] | None = None,
+) -> dict[TopicPartition, int]:
+    """Read every partition of `topic` from offset 0 (or from `start_at`, partition -> offset, which must name every
+    partition) to its end as it is now, with a bulk consumer (a longer fetch wait: Tansu then puts more batches in
+    each answer); the positions reached, to follow the topic from. PositionsBeyondLog when `start_at` lies past the
+    end of the log (the log was reset): records of other partitions may have reached `on_records` by then, so the
+    caller discards what it folded."""
+    bulk = make_bulk_consumer(settings, **({"auto_offset_reset": "none"} if start_at is not None else {}))
     await bulk.start()
     try:
         found = bulk.partitions_for_topic(topic.name)
@@ -157,9 +170,24 @@ async def read_from_start(settings: Settings, topic: TopicSpec, on_records: OnRe
             raise RuntimeError(f"topic {topic.name} does not exist (the stack creates it)")
         partitions = [TopicPartition(topic.name, p) for p in sorted(found)]
         bulk.assign(partitions)
-        await bulk.seek_to_beginning(*partitions)
-        await read_to_end(bulk, partitions, on_records, fetch_max_wait_ms=settings.kafka_bulk_fetch_max_wait_ms)
-        return {tp: await bulk.position(tp) for tp in partitions}
+        if start_at is None:
+            await bulk.seek_to_beginning(*partitions)
+        else:
+            if set(start_at) != set(found):
+                raise PositionsBeyondLog(f"positions name partitions {sorted(start_at)}, the topic has {sorted(found)}")
+            for tp in partitions:
+                bulk.seek(tp, start_at[tp.partition])
+        try:
+            await read_to_end(bulk, partitions, on_records, fetch_max_wait_ms=settings.kafka_bulk_fetch_max_wait_ms)
+        except OffsetOutOfRangeError as exc:
+            raise PositionsBeyondLog(f"positions past the end of {topic.name}: {exc}") from exc
+        reached = {tp: await bulk.position(tp) for tp in partitions}
+        if start_at is not None:
+            # Tansu may answer an offset past its end with an empty fetch: compare with the high watermark too.
+            short = [tp for tp in partitions if (bulk.highwater(tp) or 0) < start_at[tp.partition]]
+            if short:
+                raise PositionsBeyondLog(f"positions past the end of {topic.name} in {short}")
+        return reached
     finally:
         await stop_quietly(bulk)
 

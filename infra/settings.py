@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     worker_batch_max: int = Field(500, ge=1, le=10_000, validation_alias=_env("LORAPLANE_WORKER_BATCH_MAX"))
     worker_batch_within_s: float = Field(0.005, gt=0, le=5, validation_alias=_env("LORAPLANE_WORKER_BATCH_WITHIN_S"))
 
+    # Snapshots of the agents' folded state (agents/snapshotting.py): the worker and each node agent write one to S3
+    # every this many events folded (and at start-up after folding at least as many), and start from the newest valid
+    # one plus the tail of the log. 0 turns snapshots off (neither read nor written).
+    snapshot_every: int = Field(10_000, ge=0, validation_alias=_env("LORAPLANE_SNAPSHOT_EVERY"))
+    # How many snapshots each writer keeps; older ones are deleted.
+    snapshot_keep: int = Field(3, ge=1, le=100, validation_alias=_env("LORAPLANE_SNAPSHOT_KEEP"))
+    # How long (in log time) a worker remembers that a command was handled, to drop a redelivered one (agents/state.py).
+    handled_commands_window_s: float = Field(
+        7 * 24 * 3600.0, gt=0, validation_alias=_env("LORAPLANE_HANDLED_COMMANDS_WINDOW_S")
+    )
+
     # S3. Unset endpoint means "embedded": `loraplane up` starts SeaweedFS.
     s3_endpoint: str | None = Field(None, validation_alias=_env("S3_ENDPOINT"))
     s3_access_key: SecretStr = Field(SecretStr("loraplane"), validation_alias=_env("S3_ACCESS_KEY"))

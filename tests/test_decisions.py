@@ -90,7 +90,7 @@ def test_state_applies_each_event_once_and_remembers_commands() -> None:
         )
     )
     assert state.get("workspace", "a").version == 1
-    assert state.handled_commands == {"c1", "c2"}
+    assert set(state.handled_commands) == {"c1", "c2"}
     state.apply(evt(WorkspaceDeleted(name="a"), "a", 2, command_id="c3"))
     entry = state.get("workspace", "a")
     assert entry.version == 2 and not entry.value.exists

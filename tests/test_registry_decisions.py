@@ -283,7 +283,7 @@ def test_a_refused_file_frees_its_name_and_reports_land_once() -> None:
     assert styles.handle(FailLoraFile(partial_path="styles/a.safetensors", reason="not a LoRA")) == [
         LoraFileRejected(partial_path="styles/a.safetensors", reason="not a LoRA")
     ]
-    assert styles.state.files == {}
+    assert not styles.state.files
     assert styles.decide(stored("styles/a.safetensors")) == []  # too late: the name is gone
     [again] = styles.handle(upload("a.safetensors", SHA_B))
     assert isinstance(again, LoraFileReserved) and again.filename == "a.safetensors"
@@ -303,7 +303,7 @@ def test_delete_bins_with_unique_names_and_restore_brings_the_newest_back() -> N
     assert styles.handle(DeleteLoraFile(partial_path="styles/a.safetensors")) == [
         LoraFileBinned(partial_path="styles/a.safetensors", bin_path="styles/a.safetensors")
     ]
-    assert styles.state.files == {}
+    assert not styles.state.files
     styles.handle(upload("a.safetensors", SHA_B))
     styles.handle(stored("styles/a.safetensors", SHA_B))
     conflict = styles.refused(RestoreLoraFile(partial_path="styles/a.safetensors"))

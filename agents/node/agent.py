@@ -323,7 +323,7 @@ class NodeAgent:
         self.devices = devices
         self._send = send
         self.state = AgentState({CLUSTER.name: CLUSTER, DEPLOYMENTS.name: DEPLOYMENTS})
-        self.follower = EventLogFollower(ctx.settings, self.state)
+        self.follower = EventLogFollower(ctx.settings, self.state, snapshots_as=f"node-{ctx.node_id}")
         self.runners: dict[str, InstanceRunner] = {}
 
     async def _cluster_command(self, payload: Payload) -> None:
