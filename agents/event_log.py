@@ -116,8 +116,11 @@ class EventLogFollower:
         consumer = self._consumer
         if consumer is not None and await consumer.position(tp) == first_offset:
             consumer.seek(tp, first_offset + len(events))
-            return
-        self._published[tp] = max(self._published.get(tp, 0), first_offset + len(events))
+        else:
+            self._published[tp] = max(self._published.get(tp, 0), first_offset + len(events))
+        # A worker folds most of its events here, its own: they count towards the next snapshot too.
+        if self.snapshots is not None and consumer is not None and self.snapshots.counted(len(events)):
+            self.snapshots.write_following(self.state, consumer, self._partitions, self._published)
 
     async def catch_up(self) -> None:
         consumer = self._consumer
