@@ -3,7 +3,7 @@
 A process manager here is a pure function `(state, event) -> commands`, whose command ids derive from the event's id
 (`streams.envelope.derived_id`), so sending them twice is harmless: the processor drops the repeat. The runner keeps,
 per partition of the event log, the offset up to which every event's follow-ups have reached the commands topic, and
-saves it to S3 about once a second. Live, the processor hands it each round's landed events and waits for their
+saves it to S3 every few seconds. Live, the processor hands it each round's landed events and waits for their
 follow-ups before acknowledging the commands. At start, it reads the events from the saved positions to where the
 folded state ends and sends their follow-ups again: whatever a crash cut off between an event and its follow-up is
 sent then (and what did get through is dropped as a repeat).
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 FollowUps = Callable[[AgentState, Envelope], Sequence[Envelope]]
 Send = Callable[[Sequence[Envelope]], Awaitable[None]]
-SAVE_EVERY_S = 1.0
+SAVE_EVERY_S = 5.0  # a crash resends the follow-ups of at most this long (repeats are dropped)
 
 
 class FollowUpRunner:

@@ -91,7 +91,7 @@ async def raw(settings: Settings, count: int) -> tuple[Run, Run]:
         throughput = await concurrently(count, send)
         print(throughput.line("raw produce, 32 concurrent", "messages"), flush=True)
 
-        consumer = make_consumer(settings)
+        consumer = make_consumer(settings)  # the decision path's fetch wait (the stack's, below)
         await consumer.start()
         try:
             partitions = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
@@ -143,7 +143,11 @@ async def creates(api: httpx.AsyncClient, count: int) -> Run:
 
 async def run(stack: Stack, args: argparse.Namespace) -> None:
     env = stack.cli_env()
-    settings = Settings.model_validate({"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+    # The fetch wait of the stack's decision path (`loraplane up` sets 20 ms): Tansu answers a fetch only when it
+    # runs out, so the raw round trip must wait as long as the pipeline's hops do.
+    settings = Settings.model_validate(
+        {"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"], "kafka_fetch_max_wait_ms": 20}
+    )
     throughput, trips = await raw(settings, args.raw)
     print(trips.line("raw round trip, 32 concurrent", "messages"), flush=True)
 
