@@ -63,7 +63,7 @@ class FollowUpRunner:
             behind = {
                 TopicPartition(EVENTS.name, p): saved.get(p, 0) for p, end in ends.items() if saved.get(p, 0) < end
             }
-            events = await _read_between(self._settings, behind, folded_to)
+            events = await read_between(self._settings, behind, folded_to)
             commands = self.commands_for(state, events)
             if commands:
                 log.info("sending %d follow-ups of %d events past the saved positions", len(commands), len(events))
@@ -105,7 +105,7 @@ class FollowUpRunner:
             self._saved.update(changed)
 
 
-async def _read_between(
+async def read_between(
     settings: Settings, starts: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]
 ) -> list[Envelope]:
     """The events of each partition from its start offset up to (not including) its end offset."""

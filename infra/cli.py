@@ -218,7 +218,20 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(problem)
         print(f"{args.topic}: {report.summary()}")
-        return 0 if report.ok else 1
+        if not args.snapshot:
+            return 0 if report.ok else 1
+        from agents import snapshot_check
+
+        try:
+            at, differences = snapshot_check.run(settings, args.snapshot)
+        except LookupError as exc:
+            print(f"snapshot of {args.snapshot}: {exc}")
+            return 1
+        for difference in differences:
+            print(difference)
+        verdict = "equals" if not differences else f"differs from ({len(differences)} aggregates)"
+        print(f"snapshot of {args.snapshot} at offset {at}: {verdict} a fold of the log up to its positions")
+        return 0 if report.ok and not differences else 1
     selection = event_tools.Selection(
         types=tuple(args.type or ()),
         aggregate=args.aggregate,
@@ -257,6 +270,11 @@ def _events_parser(sub: Any) -> None:
     export = commands.add_parser("export", help="events by offset or time range as JSON lines, up to the end now")
     verify = commands.add_parser("verify", help="check the whole log: decoding, aggregate versions, one decision each")
     commands.add_parser("schema", help="print the JSON Schema of every event and command type and version")
+    verify.add_argument(
+        "--snapshot",
+        metavar="WHO",
+        help="also check the newest snapshot of WHO (worker, node-<id>) against a fold of the log up to its positions",
+    )
     for tool in (tail, export, verify):
         tool.add_argument("--topic", default=EVENTS.name, help=f"the topic to read (default {EVENTS.name})")
     for tool in (tail, export):

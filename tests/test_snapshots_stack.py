@@ -198,3 +198,31 @@ def test_a_snapshot_beyond_the_end_of_the_log_is_ignored(stack: Stack, tmp_path:
             await full.stop()
 
     asyncio.run(scenario())
+
+
+def test_events_verify_compares_the_newest_snapshot_with_a_fold(stack: Stack, tmp_path: Path) -> None:
+    who = f"verify-{uuid.uuid4().hex[:8]}"
+    settings = settings_for(stack, tmp_path, snapshot_every=EVERY)
+    store = SnapshotStore(make_client(settings), settings.s3_bucket, who)
+
+    async def snapshot_written() -> AgentState:
+        await append_events(stack, EVERY + 5)
+        follower = await started(settings, who)
+        await follower.stop()
+        return follower.state
+
+    asyncio.run(snapshot_written())
+    [written] = store.keys()
+    agreed = stack.cli("events", "verify", "--snapshot", who, timeout=300)
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert f"snapshot of {who} at offset" in agreed.stdout and "equals a fold" in agreed.stdout
+
+    # A snapshot that is well formed (its hash matches) but holds a state the log does not give.
+    good = snapshots.load(store.get(written), {a.name: a for a in AGGREGATES})
+    altered = AgentState(dict(good.state.aggregates), dict(good.state.entries))
+    dropped = sorted(altered.entries)[0]
+    del altered.entries[dropped]
+    store.put(store.key_for(good.total_offset + 1), snapshots.dump(altered, good.positions, who))
+    differs = stack.cli("events", "verify", "--snapshot", who, timeout=300)
+    assert differs.returncode == 1, differs.stdout + differs.stderr
+    assert f"{dropped[0]}/{dropped[1]}: missing from the snapshot" in differs.stdout
