@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, event, insert, inspect, select, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -73,7 +73,14 @@ def fingerprint() -> str:
     return hashlib.sha256("\n".join(shape).encode()).hexdigest()
 
 
+# Several API processes may start on one database at once: one creates (or rebuilds) the tables, the others wait
+# for it and then find them made.
+_SCHEMA_LOCK = 0x6C6F7262
+
+
 def _create(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
     wanted = fingerprint()
     if inspect(conn).has_table(schema_fingerprints.name):
         found = conn.execute(select(schema_fingerprints.c.fingerprint)).scalars().all()
