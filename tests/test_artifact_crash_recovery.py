@@ -33,17 +33,13 @@ def _big_kohya_lora() -> bytes:
     return save(tensors)
 
 
-def _mine(stack: Stack, name: str) -> list[dict[str, Any]]:
-    return [e for e in events(stack) if e["aggregate_id"] == f"default/{name}"]
-
-
-def test_a_download_cut_by_a_worker_crash_is_resumed_and_stored_once(
-    stack: Stack, user: Api, civitai_server: FakeCivitai
+def create_slow_civitai_lora(
+    user: Api, civitai_server: FakeCivitai, name: str, version_id: int, body: bytes, throttle_s: float
 ) -> None:
-    body = _big_kohya_lora()
-    version_id = 97_001
-    civitai_server.files[version_id] = FakeFile(body, 'attachment; filename="slow.safetensors"', throttle_s=0.05)
-    name = f"crash-{uuid.uuid4().hex[:8]}"
+    """DeepInfra's create of a CivitAI LoRA whose download takes a while (`throttle_s` between 64 KiB chunks)."""
+    civitai_server.files[version_id] = FakeFile(
+        body, f'attachment; filename="{name}.safetensors"', throttle_s=throttle_s
+    )
     answer = user.post(
         "/v1/lora/create",
         json={
@@ -54,6 +50,19 @@ def test_a_download_cut_by_a_worker_crash_is_resumed_and_stored_once(
         },
     )
     assert answer.status_code == 202, answer.text
+
+
+def _mine(stack: Stack, name: str) -> list[dict[str, Any]]:
+    return [e for e in events(stack) if e["aggregate_id"] == f"default/{name}"]
+
+
+def test_a_download_cut_by_a_worker_crash_is_resumed_and_stored_once(
+    stack: Stack, user: Api, civitai_server: FakeCivitai
+) -> None:
+    body = _big_kohya_lora()
+    version_id = 97_001
+    name = f"crash-{uuid.uuid4().hex[:8]}"
+    create_slow_civitai_lora(user, civitai_server, name, version_id, body, throttle_s=0.05)
 
     def downloading() -> bool:
         return any(

@@ -17,9 +17,9 @@ import psutil
 
 from infra.kafka import partition_of
 from streams.topics import COMMANDS
-from tests.fake_civitai import FakeCivitai, FakeFile
+from tests.fake_civitai import FakeCivitai
 from tests.support import Api, Stack, events, wait_until
-from tests.test_artifact_crash_recovery import _big_kohya_lora
+from tests.test_artifact_crash_recovery import _big_kohya_lora, create_slow_civitai_lora
 
 OWNING = re.compile(r"owning command partitions \[([\d, ]*)\]")
 
@@ -35,20 +35,6 @@ def adapter_name_in(partitions: frozenset[int], prefix: str) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         if partition_of(f"default/{name}".encode(), COMMANDS.partitions) in partitions:
             return name
-
-
-def create(user: Api, civitai_server: FakeCivitai, name: str, version_id: int, body: bytes) -> None:
-    civitai_server.files[version_id] = FakeFile(body, f'attachment; filename="{name}.safetensors"', throttle_s=0.3)
-    answer = user.post(
-        "/v1/lora/create",
-        json={
-            "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
-            "lora_name": name,
-            "source": {"type": "civitai", "civit_url": f"{civitai_server.site_url}/api/download/models/{version_id}"},
-            "private": False,
-        },
-    )
-    assert answer.status_code == 202, answer.text
 
 
 def mine(stack: Stack, names: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -83,7 +69,8 @@ def test_two_workers_split_the_partitions_and_one_takes_over_what_the_other_left
         body = _big_kohya_lora()
         names = [adapter_name_in(theirs, "second"), adapter_name_in(theirs, "second"), adapter_name_in(ours, "first")]
         for i, name in enumerate(names):
-            create(user, civitai_server, name, 98_100 + i + (uuid.uuid4().int % 10_000) * 10, body)
+            version_id = 98_100 + i + (uuid.uuid4().int % 10_000) * 10
+            create_slow_civitai_lora(user, civitai_server, name, version_id, body, throttle_s=0.3)
 
         def downloading() -> bool:
             got = mine(stack, names[:2])
