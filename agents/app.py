@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -94,11 +95,17 @@ def create_app(settings: Settings) -> faust.App:
         await instances.stop()
         await processor.stop()
 
+    ownership_tasks: set[asyncio.Task[None]] = set()
+
     @app.on_partitions_assigned.connect
     async def _take_up_owned_work(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         """After every rebalance: the command partitions this worker owns decide who runs which jobs and follow-ups."""
         [assigned] = args
-        await processor.owned(frozenset(tp.partition for tp in assigned if tp.topic == COMMANDS.name))
+        partitions = frozenset(tp.partition for tp in assigned if tp.topic == COMMANDS.name)
+        # In a task of its own: the first call folds the log, which must not hold up the rebalance.
+        task = asyncio.get_running_loop().create_task(processor.owned(partitions), name="take up owned work")
+        ownership_tasks.add(task)
+        task.add_done_callback(ownership_tasks.discard)
 
     @app.task
     async def _fold_the_log_before_the_first_command() -> None:

@@ -107,6 +107,7 @@ class CommandProcessor:
         self._start_lock = asyncio.Lock()
         self._started = False
         self._owned: frozenset[int] = frozenset()
+        self._ownership_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect and fold the whole event log in; safe to call more than once."""
@@ -124,14 +125,15 @@ class CommandProcessor:
         (another worker's, if it died) and drop the rest; the events of the partitions it gains get their follow-ups
         from where the last owner saved its position."""
         await self.start()
-        gained = partitions - self._owned
-        self._owned = partitions
-        log.info("owning command partitions %s (gained %s)", sorted(partitions), sorted(gained))
-        await self._follower.catch_up()
-        for observer in self._observers:
-            observer.owned(partitions)
-        if gained and self._follow_ups is not None:
-            await self._follow_ups.resume(self.state, await self._follower.positions(), gained)
+        async with self._ownership_lock:  # rebalances follow each other: take them up in order
+            gained = partitions - self._owned
+            self._owned = partitions
+            log.info("owning command partitions %s (gained %s)", sorted(partitions), sorted(gained))
+            await self._follower.catch_up()
+            for observer in self._observers:
+                observer.owned(partitions)
+            if gained and self._follow_ups is not None:
+                await self._follow_ups.resume(self.state, await self._follower.positions(), gained)
 
     async def stop(self) -> None:
         if self._started and self._producer is not None:
