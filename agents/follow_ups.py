@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 
 from agents.state import AgentState
-from infra.kafka import make_consumer, stop_quietly
+from infra.kafka import read_events_between
 from infra.positions import PositionStore
 from infra.settings import Settings
 from streams.envelope import Envelope
-from streams.serialization import MessageDecodeError, decode
 from streams.topics import EVENTS
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,7 @@ class FollowUpRunner:
             behind = {
                 TopicPartition(EVENTS.name, p): saved.get(p, 0) for p, end in ends.items() if saved.get(p, 0) < end
             }
-            events = await read_between(self._settings, behind, folded_to)
+            events = await read_events_between(self._settings, behind, folded_to)
             commands = self.commands_for(state, events)
             if commands:
                 log.info("sending %d follow-ups of %d events past the saved positions", len(commands), len(events))
@@ -103,35 +101,3 @@ class FollowUpRunner:
         if changed:
             await asyncio.to_thread(self._store.save, changed)
             self._saved.update(changed)
-
-
-async def read_between(
-    settings: Settings, starts: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]
-) -> list[Envelope]:
-    """The events of each partition from its start offset up to (not including) its end offset."""
-    if not starts:
-        return []
-    consumer = make_consumer(settings, max_poll_records=5000)
-    await consumer.start()
-    try:
-        consumer.assign(list(starts))
-        for tp, offset in starts.items():
-            consumer.seek(tp, offset)
-        out: list[Envelope] = []
-        remaining = {tp for tp in starts if starts[tp] < ends[tp]}
-        while remaining:
-            batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await consumer.getmany(
-                *remaining, timeout_ms=1000
-            )
-            for tp, records in batches.items():
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        break
-                    try:
-                        out.append(decode(record.value))
-                    except MessageDecodeError as exc:
-                        log.error("unreadable event at %s:%d: %s", tp, record.offset, exc)
-            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-        return out
-    finally:
-        await stop_quietly(consumer)

@@ -12,9 +12,9 @@ from agents import snapshots
 from agents.aggregate import Aggregate
 from agents.cluster import CLUSTER
 from agents.deployments import DEPLOYMENTS
-from agents.follow_ups import read_between
 from agents.snapshotting import Snapshotter
 from agents.state import AgentState
+from infra.kafka import read_events_between
 from infra.settings import Settings
 from streams.topics import EVENTS
 
@@ -39,7 +39,7 @@ async def check_newest(settings: Settings, who: str) -> tuple[int, list[str]]:
         raise LookupError(f"no usable snapshot under snapshots/{who}/")
     ends = {TopicPartition(EVENTS.name, p): offset for p, offset in found.positions.items()}
     state = AgentState(dict(aggregates))
-    for event in await read_between(settings, dict.fromkeys(ends, 0), ends):
+    for event in await read_events_between(settings, dict.fromkeys(ends, 0), ends):
         state.apply(event)
     # The handled commands kept depend on the order partitions were folded in; the aggregates do not.
     problems = [p for p in snapshots.differences(state, found) if not p.startswith("handled commands")]

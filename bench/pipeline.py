@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -60,9 +61,8 @@ class Run:
         )
 
 
-async def concurrently(count: int, one: object) -> Run:
-    """`count` calls of `one()` (an async callable returning its latency), CONCURRENCY at a time."""
-    assert callable(one)
+async def concurrently(count: int, one: Callable[[], Awaitable[float]]) -> Run:
+    """`count` calls of `one()` (returning its latency), CONCURRENCY at a time."""
     latencies: list[float] = []
     remaining = iter(range(count))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,10 @@ from aiokafka.structs import RecordMetadata
 
 from infra.settings import Settings
 from streams.envelope import Envelope
-from streams.serialization import encode, headers_for, key_for
+from streams.serialization import MessageDecodeError, decode, encode, headers_for, key_for
 from streams.topics import TopicSpec
+
+_log = logging.getLogger(__name__)
 
 OnRecords = Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[None] | None]
 
@@ -231,3 +234,35 @@ async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
     except asyncio.CancelledError:
         if task is not None and task.cancelling():
             raise
+
+
+async def read_events_between(
+    settings: Settings, starts: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]
+) -> list[Envelope]:
+    """The events of each partition from its start offset up to (not including) its end offset."""
+    if not starts:
+        return []
+    consumer = make_consumer(settings, max_poll_records=5000)
+    await consumer.start()
+    try:
+        consumer.assign(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        out: list[Envelope] = []
+        remaining = {tp for tp in starts if starts[tp] < ends[tp]}
+        while remaining:
+            batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await consumer.getmany(
+                *remaining, timeout_ms=1000
+            )
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        break
+                    try:
+                        out.append(decode(record.value))
+                    except MessageDecodeError as exc:
+                        _log.error("unreadable event at %s:%d: %s", tp, record.offset, exc)
+            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+        return out
+    finally:
+        await stop_quietly(consumer)
