@@ -14,7 +14,10 @@ Wait = Annotated[
         description="Seconds to wait for the command's outcome; 0 answers at once with 202 and the command's status",
     ),
 ]
-Page = Annotated[int, Parameter(ge=1, description="Page number, from 1")]
+# Bounded so the row offset it makes ((page - 1) * page_size) stays a number every database takes; a page
+# past the last answers an empty list.
+MAX_PAGE = 1_000_000
+Page = Annotated[int, Parameter(ge=1, le=MAX_PAGE, description="Page number, from 1")]
 PageSize = Annotated[int, Parameter(ge=1, le=1000, description="Results per page")]
 Force = Annotated[
     bool,
