@@ -167,6 +167,10 @@ async def _stage(
                             )
                         text += event
                 if received > max_bytes + FORM_OVERHEAD_BYTES:  # framing or preamble beyond any real form
+                    # Named by what the body holds, not by where a network piece happened to end: once the file
+                    # part is open, the file is what is too large (the parser may still hold its last bytes back).
+                    if sink is not None and not sink.closed:
+                        raise ContentTooLarge(f"the file is larger than {max_bytes} bytes", loc=["body", file_field])
                     raise ContentTooLarge(f"the body is larger than {max_bytes} bytes", loc=["body"])
                 if parser.closed:
                     break
