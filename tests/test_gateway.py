@@ -203,6 +203,11 @@ def test_errors_are_in_openai_s_shape(stack: Stack, user_key: str, stub_node: St
         assert bad.status_code == 400, bad.text
         assert bad.json()["error"]["type"] == "invalid_request_error" and bad.json()["error"]["param"] == param
 
+    for method in ("GET", "PUT", "TRACE"):
+        wrong = httpx.request(method, f"{stack.api_url}/v1/chat/completions", headers=headers, timeout=10)
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", (method, wrong.text)
+        assert wrong.json()["error"]["code"] == "method_not_allowed"
+
 
 def test_a_model_with_no_running_instance_answers_503_with_retry_after(
     stack: Stack, user: Api, user_key: str, stub_node: StubNode

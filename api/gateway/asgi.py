@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from api.gateway.errors import GatewayError, Internal, TooLarge
+from api.gateway.errors import GatewayError, Internal, MethodNotAllowed, TooLarge
 from api.gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 
 async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
     try:
+        if (method := scope.get("method")) != "POST":
+            raise MethodNotAllowed(f"{method} is not allowed here: send POST")
         principal = await gateway.authenticate(_header(scope, b"authorization"))
         body = await _body(receive)
         answer = await gateway.forward(scope["path"], body, principal)

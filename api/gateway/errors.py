@@ -79,6 +79,14 @@ class Unauthorized(GatewayError):
     code = "invalid_api_key"
 
 
+class MethodNotAllowed(GatewayError):
+    status_code = 405
+    code = "method_not_allowed"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": "POST"}
+
+
 class ModelNotFound(GatewayError):
     status_code = 404
     code = "model_not_found"
