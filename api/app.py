@@ -15,6 +15,7 @@ import streams.catalog  # noqa: F401 - registers every message type
 from api.admin.api_keys import ApiKeyController
 from api.auth import PUBLIC_PATHS, ApiKeyAuthentication
 from api.commands import CommandBus
+from api.contract import document_contract
 from api.deployments.adapters import ROUTES as DEPLOYMENT_ADAPTER_ROUTES
 from api.deployments.routes import ROUTES as DEPLOYMENT_ROUTES
 from api.empower.routes import ROUTES as EMPOWER_ROUTES
@@ -103,7 +104,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             tracing_middleware,
             DefineMiddleware(ApiKeyAuthentication, exclude=[*(f"^{p}" for p in sorted(PUBLIC_PATHS)), GATEWAY_PATHS]),
         ],
-        on_startup=[document_proxied_routes],
+        on_startup=[document_proxied_routes, document_contract],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config("loraplane", "Control plane for LoRA adapters and LLM deployments"),
         debug=False,

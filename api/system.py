@@ -12,6 +12,7 @@ from litestar.params import FromPath
 from sqlalchemy import text
 
 from api.commands import CommandBus, CommandStatus
+from api.contract import answers
 from infra.kafka_admin import kafka_ready
 from infra.s3 import s3_ready
 
@@ -30,7 +31,12 @@ async def _read_model_ready(state: State) -> bool:
         return False
 
 
-@get("/readyz", tags=["system"], summary="Broker, S3 and read model are reachable, and the gateway follows the log")
+@get(
+    "/readyz",
+    tags=["system"],
+    summary="Broker, S3 and read model are reachable, and the gateway follows the log",
+    opt=answers(s503="Not ready: the checks that failed are false"),
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     settings = state.settings
     broker, s3, read_model = await asyncio.gather(

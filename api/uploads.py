@@ -55,7 +55,7 @@ def _too_large(_: Request[Any, Any, Any], exc: ContentTooLarge) -> Response[Any]
 # own body limit (10 MB by default) would refuse large files; stage_upload enforces its own limits.
 UPLOAD_ROUTE_OPTIONS: dict[str, Any] = {
     "exception_handlers": {ContentTooLarge: _too_large},
-    "request_max_body_size": None,
+    "request_max_body_size": None,  # also what api.contract knows a streamed upload by
 }
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, admin_only, issue_key
 from api.commands import CommandBus
+from api.contract import answers
 from api.params import Wait
 from api.readmodel import queries
 from streams.api_keys import CreateApiKey, RevokeApiKey, Role
@@ -47,7 +48,12 @@ class ApiKeyController(Controller):
     tags = ["admin"]
     guards = [admin_only]
 
-    @post("/", status_code=201, summary="Issue an API key (the key is shown once)")
+    @post(
+        "/",
+        status_code=201,
+        summary="Issue an API key (the key is shown once)",
+        opt=answers(s202="The key, shown once; the command's outcome was not known when `?wait=` ran out"),
+    )
     async def create(
         self,
         data: JSONBody[ApiKeyCreate],

@@ -14,6 +14,7 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 
 import streams.catalog  # noqa: F401 - registers every message type
+from api.contract import document_contract
 from api.errors import EXCEPTION_HANDLERS
 from api.gateway.metrics import metrics
 from api.gateway.openapi import document_proxied_routes
@@ -51,7 +52,7 @@ def create_gateway_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         state=State({"settings": settings, "gateway": gateway}),
         middleware=[tracing_middleware],
-        on_startup=[document_proxied_routes],
+        on_startup=[document_proxied_routes, document_contract],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config("loraplane gateway", "OpenAI-compatible inference for every deployment and LoRA"),
         debug=False,

@@ -37,6 +37,6 @@ EVICTIONS = Counter(
 RETRIES = Counter("loraplane_gateway_retries", "Requests sent again to another instance before any answer")
 
 
-@get("/metrics", tags=["system"], summary="Prometheus metrics of this process")
+@get("/metrics", tags=["system"], summary="Prometheus metrics of this process", media_type=CONTENT_TYPE_LATEST)
 async def metrics() -> Response[Any]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

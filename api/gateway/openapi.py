@@ -13,7 +13,7 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-_ERROR = Schema(
+OPENAI_ERROR = Schema(
     type=OpenAPIType.OBJECT,
     required=["error"],
     properties={
@@ -62,7 +62,7 @@ def document_proxied_routes(app: Litestar) -> None:
     )
     answer = Schema(type=OpenAPIType.OBJECT, description="The engine's answer, as it is")
     errors = {
-        status: OpenAPIResponse(description=text, content={"application/json": OpenAPIMediaType(schema=_ERROR)})
+        status: OpenAPIResponse(description=text, content={"application/json": OpenAPIMediaType(schema=OPENAI_ERROR)})
         for status, text in _ERRORS.items()
     }
     for path, summary in _ROUTES.items():

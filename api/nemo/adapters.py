@@ -17,6 +17,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from api.auth import Principal
 from api.commands import CommandBus
+from api.contract import answers
 from api.deployments.adapters import release_before_delete
 from api.errors import NotFound, Unprocessable
 from api.nemo.paths import paths
@@ -42,7 +43,13 @@ TAGS = ["nemo adapters"]
 NEMO = AdapterApi.NEMO.value
 
 
-@post(paths("/adapters"), status_code=201, tags=TAGS, summary="Create an adapter from a fileset (seed 002)")
+@post(
+    paths("/adapters"),
+    status_code=201,
+    tags=TAGS,
+    summary="Create an adapter from a fileset (seed 002)",
+    opt=answers(s202="The adapter as it stands while it is validated (`Location` to GET it)"),
+)
 async def create_adapter(
     workspace: FromPath[str],
     data: JSONBody[AdapterCreate],

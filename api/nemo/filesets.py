@@ -17,6 +17,7 @@ from litestar.params import FromPath
 
 from api.auth import Principal
 from api.commands import CommandBus
+from api.contract import answers
 from api.errors import NotFound, Unprocessable
 from api.nemo.adapters import require_workspace
 from api.nemo.paths import paths
@@ -49,6 +50,7 @@ def fileset_path_problem(filename: str) -> str | None:
     status_code=201,
     tags=TAGS,
     summary="Upload a file into a fileset",
+    opt=answers(s202="The file as it stands, staged, when `?wait=` ran out before it was stored"),
     **UPLOAD_ROUTE_OPTIONS,
 )
 async def upload_fileset_file(
