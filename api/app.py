@@ -29,6 +29,7 @@ from api.gateway.service import Gateway
 from api.lora_files.routes import ROUTES as LORA_FILE_ROUTES
 from api.nemo.routes import ROUTES as NEMO_ROUTES
 from api.openapi import openapi_config
+from api.options import options_middleware
 from api.readmodel.database import create_engine, create_schema
 from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
@@ -102,6 +103,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         dependencies={"bus": Provide(provide_bus, sync_to_thread=False)},
         middleware=[
             tracing_middleware,
+            options_middleware,
             DefineMiddleware(ApiKeyAuthentication, exclude=[*(f"^{p}" for p in sorted(PUBLIC_PATHS)), GATEWAY_PATHS]),
         ],
         on_startup=[document_proxied_routes, document_contract],
