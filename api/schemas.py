@@ -1,10 +1,28 @@
-"""Response pieces shared by several routes."""
+"""Pieces shared by several routes' bodies."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+
+
+def _an_integer(value: Any) -> Any:
+    # Litestar validates bodies leniently (strict=False overrides a field's strict=True), which would take
+    # `false` or "3" for an integer; the document promises JSON integers, so that is what is taken.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _a_boolean(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_an_integer)]
+JsonBool = Annotated[bool, BeforeValidator(_a_boolean)]
 
 
 class ApiKeyRef(BaseModel):

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.schemas import JsonInt
 from streams.deployments import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_LORA_RANK,
@@ -30,8 +31,8 @@ class HFWeights(BaseModel):
 class ScaleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_instances: int = Field(1, ge=0, le=MAX_INSTANCES, description="Instances started and kept")
-    max_instances: int = Field(1, ge=0, le=MAX_INSTANCES, description="Stored for a later autoscaler")
+    min_instances: JsonInt = Field(1, ge=0, le=MAX_INSTANCES, description="Instances started and kept")
+    max_instances: JsonInt = Field(1, ge=0, le=MAX_INSTANCES, description="Stored for a later autoscaler")
 
     @model_validator(mode="after")
     def _ordered(self) -> ScaleSettings:
@@ -45,8 +46,14 @@ class LoraSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_loras: int = Field(DEFAULT_MAX_LORAS, ge=0, le=MAX_LORAS, description="Adapters each instance holds at once")
-    max_lora_rank: int = Field(DEFAULT_MAX_LORA_RANK, description=f"Highest adapter rank; one of {VLLM_LORA_RANKS}")
+    max_loras: JsonInt = Field(
+        DEFAULT_MAX_LORAS, ge=0, le=MAX_LORAS, description="Adapters each instance holds at once"
+    )
+    max_lora_rank: JsonInt = Field(
+        DEFAULT_MAX_LORA_RANK,
+        description=f"Highest adapter rank; one of {VLLM_LORA_RANKS}",
+        json_schema_extra={"enum": list(VLLM_LORA_RANKS)},
+    )
 
     @model_validator(mode="after")
     def _vllm_rank(self) -> LoraSettings:
@@ -60,8 +67,8 @@ class DeployLLMIn(BaseModel):
 
     model_name: str = Field(min_length=1, max_length=255, description="Served model name (username/model-name)")
     gpu: DeployGpu = Field(description="The seed's GPU types, plus `cpu` for a node without GPUs")
-    num_gpus: int = Field(1, ge=1, le=MAX_NUM_GPUS, description="GPUs of one instance")
-    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Concurrent requests")
+    num_gpus: JsonInt = Field(1, ge=1, le=MAX_NUM_GPUS, description="GPUs of one instance")
+    max_batch_size: JsonInt = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Concurrent requests")
     hf: HFWeights | None = None
     base_model: str | None = Field(None, max_length=255)
     settings: ScaleSettings | None = None
@@ -78,14 +85,14 @@ class DeployLoraIn(BaseModel):
     lora_name: str = Field(
         min_length=1, max_length=512, description="The LoRA's name (Empower, DeepInfra), or `workspace/name` (NeMo)"
     )
-    version: int | None = Field(None, ge=1, description="A stored version; default: the newest stored one")
+    version: JsonInt | None = Field(None, ge=1, description="A stored version; default: the newest stored one")
 
 
 class LoraCheckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     deploy_id: str = Field(min_length=1, max_length=255)
-    version: int | None = Field(None, ge=1)
+    version: JsonInt | None = Field(None, ge=1)
 
 
 class LoraCheck(BaseModel):

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import JsonBool
+
 
 class ModelSource(StrEnum):
     HF_HUB = "HF_HUB"
@@ -72,7 +74,7 @@ class DeepInfraLoraCreate(BaseModel):
     base_model: str = Field(min_length=1, max_length=255)
     lora_name: str = Field(min_length=1, max_length=255)
     source: CivitaiSourceModel
-    private: bool
+    private: JsonBool
     description: str | None = Field("", max_length=1000)
 
 

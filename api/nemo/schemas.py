@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
-from api.schemas import Pagination
+from api.schemas import JsonBool, Pagination
 from streams.artifacts import Analysis
 from streams.names import EntityName
 from streams.naming import (
@@ -51,7 +51,7 @@ class AdapterCreate(RequestBody):
     finetuning_type: FinetuningType = Field(description="lora, p_tuning or all_weights (either case)")
     model: str = Field(max_length=MODEL_REFERENCE_MAX_LENGTH, description="Base model: name or workspace/name")
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_LENGTH)
-    enabled: bool = Field(default=True, description="Whether to make this adapter available for inference")
+    enabled: JsonBool = Field(default=True, description="Whether to make this adapter available for inference")
     lora_config: dict[str, Any] | None = Field(default=None, description="LoRA configuration specifics")
 
     @field_validator("model")
@@ -73,7 +73,7 @@ class AdapterPatch(RequestBody):
     """Only the fields sent change; a field sent as null is left as it is."""
 
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_LENGTH)
-    enabled: bool | None = None
+    enabled: JsonBool | None = None
     lora_config: dict[str, Any] | None = None
 
 
