@@ -53,6 +53,7 @@ def document_proxied_routes(app: Litestar) -> None:
         properties={
             "model": Schema(
                 type=OpenAPIType.STRING,
+                min_length=1,
                 description="A deployment's model_name, or an adapter's name (Empower, DeepInfra, or NeMo "
                 "`workspace/name`), optionally `name@vN`",
             ),

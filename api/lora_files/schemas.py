@@ -9,11 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import Pagination
 from streams.lora_files import bin_path, full_path
+from streams.naming import EntityType
 
 
 def timestamp(value: datetime) -> str:
     """ISO-8601 in UTC with a `Z`, as the seed's examples write it."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+PARTIAL_PATH_PATTERN = (
+    rf"^({'|'.join(sorted(e.value for e in EntityType))})/"
+    r"[A-Za-z0-9_\-][A-Za-z0-9_\- ]{0,120}(\.[A-Za-z0-9_\-]{1,20}){0,4}\.(safetensors|ckpt|pt|pth|bin)$"
+)
 
 
 class LoraPathRequest(BaseModel):
@@ -23,6 +30,10 @@ class LoraPathRequest(BaseModel):
 
     partial_path: str = Field(
         max_length=1024,
+        # Documented, not enforced here: what an upload answers, a known entity type, then a file name with an
+        # accepted extension. api.lora_files.routes._checked_path decides (and names the problem); what this
+        # pattern allows, it takes.
+        json_schema_extra={"pattern": PARTIAL_PATH_PATTERN},
         description="Relative path of the LoRA file (as returned by upload)",
         examples=["identities/Sh0ot1f1_01.safetensors"],
     )

@@ -109,7 +109,13 @@ async def list_adapters(
     state: State,
     page: Page = 1,
     page_size: PageSize = 100,
-    finetuning_type: Annotated[str | None, Parameter(description="lora, p_tuning or all_weights")] = None,
+    finetuning_type: Annotated[
+        str | None,
+        Parameter(
+            description="lora, p_tuning or all_weights (either case)",
+            pattern="^(lora|p_tuning|all_weights|LORA|P_TUNING|ALL_WEIGHTS)$",
+        ),
+    ] = None,
     model: Annotated[str | None, Parameter(description="Base model reference, exactly")] = None,
     enabled: FromQuery[bool | None] = None,
 ) -> NemoAdapterList:

@@ -19,9 +19,11 @@ from api.usage.schemas import UsageBucket, UsagePage, UsageResult
 from infra.settings import Settings
 from streams.api_keys import Role
 
+# Documented as what a client can rely on: whole seconds, or an RFC 3339 time (ISO 8601 forms beyond it are taken too).
+_MOMENT_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^([0-9]{1,11})?$"}, {"type": "string", "format": "date-time"}]}
 Moment = Annotated[
     str | None,
-    Parameter(description="Unix seconds or ISO 8601 (UTC when no zone is given)"),
+    Parameter(description="Unix seconds or ISO 8601 (UTC when no zone is given)", schema_extra=_MOMENT_SCHEMA),
 ]
 
 
@@ -54,7 +56,10 @@ async def get_usage(
     bucket: Annotated[BucketWidth, Parameter(description="Bucket width")] = "1d",
     group_by: Annotated[list[GroupBy] | None, Parameter(description="Group each bucket's results by these")] = None,
     from_: Annotated[
-        str | None, QueryParameter(name="from", description="Start (inclusive): Unix seconds or ISO 8601")
+        str | None,
+        QueryParameter(
+            name="from", description="Start (inclusive): Unix seconds or ISO 8601", schema_extra=_MOMENT_SCHEMA
+        ),
     ] = None,
     to: Moment = None,
     api_key_id: Annotated[str | None, Parameter(description="Admin keys: only this key's usage")] = None,
