@@ -289,8 +289,8 @@ def test_attached_to_finds_an_adapter_being_loaded(state: RoutingState) -> None:
 
 def test_keys_and_watched_commands_are_folded() -> None:
     state = RoutingState()
-    apply(state, "k1", ApiKeyCreated(key_id="k1", name="ci", role=Role.USER, key_hash="0" * 64))
-    assert state.keys["k1"].role is Role.USER and not state.keys["k1"].revoked
+    apply(state, "k1", ApiKeyCreated(key_id="k1", name="ci", role=Role.USER, key_hash="0" * 64, team="team-a"))
+    assert state.keys["k1"].role is Role.USER and state.keys["k1"].team == "team-a" and not state.keys["k1"].revoked
     apply(state, "k1", ApiKeyRevoked(key_id="k1"))
     assert state.keys["k1"].revoked
     state.watch("c1")

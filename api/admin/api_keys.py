@@ -16,6 +16,8 @@ from api.commands import CommandBus
 from api.params import Wait
 from api.readmodel import queries
 from streams.api_keys import CreateApiKey, RevokeApiKey, Role
+from streams.envelope import DEFAULT_TEAM
+from streams.names import EntityName
 
 
 class ApiKeyCreate(BaseModel):
@@ -23,12 +25,14 @@ class ApiKeyCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=255)
     role: Role = Role.USER
+    team: EntityName = Field(default=DEFAULT_TEAM, description="The team the key acts for (workspace name rules)")
 
 
 class ApiKeyIssued(BaseModel):
     id: str
     name: str
     role: Role
+    team: str
     key: str = Field(description="The key itself; shown only in this answer")
     command_id: str
 
@@ -37,6 +41,7 @@ class ApiKeyInfo(BaseModel):
     id: str
     name: str
     role: Role
+    team: str
     revoked: bool
     created_at: datetime
     creator_name: str
@@ -57,13 +62,17 @@ class ApiKeyController(Controller):
     ) -> Response[Any]:
         issued = issue_key()
         command_id = await bus.send(
-            CreateApiKey(key_id=issued.key_id, name=data.name, role=data.role, key_hash=issued.key_hash),
+            CreateApiKey(
+                key_id=issued.key_id, name=data.name, role=data.role, key_hash=issued.key_hash, team=data.team
+            ),
             aggregate_id=issued.key_id,
             actor=request.user.actor,
             wait=wait,
         )
         answer = await bus.outcome(command_id, ["body"])
-        body = ApiKeyIssued(id=issued.key_id, name=data.name, role=data.role, key=issued.secret, command_id=command_id)
+        body = ApiKeyIssued(
+            id=issued.key_id, name=data.name, role=data.role, team=data.team, key=issued.secret, command_id=command_id
+        )
         return Response(body.model_dump(mode="json"), status_code=201 if answer is None else 202)
 
     @get("/", summary="List API keys")
@@ -73,6 +82,7 @@ class ApiKeyController(Controller):
                 id=r["key_id"],
                 name=r["name"],
                 role=Role(r["role"]),
+                team=r["team"],
                 revoked=r["revoked"],
                 created_at=r["created_at"],
                 creator_name=r["creator_name"],

@@ -142,7 +142,7 @@ class Gateway:
             record = self.state.keys.get(key_id)
         if record is None or record.revoked or not hmac.compare_digest(record.key_hash, hash_key(key)):
             raise Unauthorized("invalid or revoked API key")
-        return Principal(key_id=record.key_id, name=record.name, role=record.role)
+        return Principal(key_id=record.key_id, name=record.name, role=record.role, team=record.team)
 
     # --- what is asked for ----------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from streams import cluster
 from streams import deployments as dep
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked, Role
 from streams.artifacts import Analysis, Artifact
-from streams.envelope import Envelope, Payload
+from streams.envelope import DEFAULT_TEAM, Envelope, Payload
 
 RUNNING = "running"
 STARTING = "starting"
@@ -29,6 +29,7 @@ class KeyRecord:
     role: Role
     key_hash: str
     revoked: bool = False
+    team: str = DEFAULT_TEAM
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class RoutingState:
     def _key_created(self, event: Envelope) -> None:
         p = event.payload
         assert isinstance(p, ApiKeyCreated)
-        self.keys[p.key_id] = KeyRecord(p.key_id, p.name, p.role, p.key_hash)
+        self.keys[p.key_id] = KeyRecord(p.key_id, p.name, p.role, p.key_hash, team=p.team)
 
     def _key_revoked(self, event: Envelope) -> None:
         p = event.payload

@@ -54,6 +54,7 @@ def _api_key_created(conn: Connection, event: Envelope) -> None:
             key_id=payload.key_id,
             name=payload.name,
             role=payload.role.value,
+            team=payload.team,
             key_hash=payload.key_hash,
             version=event.aggregate_version,
             created_at=event.occurred_at,

@@ -62,6 +62,7 @@ api_keys = Table(
     Column("key_id", String(64), primary_key=True),
     Column("name", String(255), nullable=False),
     Column("role", String(16), nullable=False),
+    Column("team", String(255), nullable=False, index=True),
     Column("key_hash", String(64), nullable=False),
     Column("version", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
