@@ -7,12 +7,22 @@ from pathlib import Path
 
 import pytest
 
+import streams.catalog  # noqa: F401 - registers every message type
+from agents.adapters import ADAPTERS
 from agents.aggregate import Rejected
+from agents.api_keys import API_KEYS, ApiKey
 from agents.api_keys import decide as decide_key
 from agents.api_keys import evolve as evolve_key
+from agents.ownership import Acting, acting, refusal
+from agents.state import AgentState
+from agents.workspaces import WORKSPACES
+from streams.adapters import AdapterApi, AdapterSpec, FilesetSource, RegisterAdapter
 from streams.api_keys import ApiKeyCreated, CreateApiKey, Role
-from streams.envelope import DEFAULT_TEAM, SYSTEM_ACTOR
+from streams.envelope import DEFAULT_TEAM, SYSTEM_ACTOR, Actor, ActorType, Envelope, Payload
+from streams.outcomes import RejectionCode
+from streams.registry import type_of
 from streams.serialization import decode, envelope_for
+from streams.workspaces import DeleteWorkspace, WorkspaceCreated, WorkspaceDeleted
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 
@@ -39,3 +49,64 @@ def test_a_key_gets_the_team_it_was_issued_for_and_team_names_follow_the_workspa
     with pytest.raises(Rejected) as refused:
         decide_key(None, envelope_for(bad, aggregate_id="abcdef13", actor=SYSTEM_ACTOR))
     assert refused.value.field == "team"
+
+
+# --- ownership: folded from the creation event's actor, checked once before decide ----------------------------------
+
+TEAM_A = Actor(type=ActorType.API_KEY, id="key-a", name="a", team="team-a")
+TEAM_B = Actor(type=ActorType.API_KEY, id="key-b", name="b", team="team-b")
+
+
+def _state() -> AgentState:
+    return AgentState({a.name: a for a in (WORKSPACES, ADAPTERS, API_KEYS)})
+
+
+def _fold(state: AgentState, payload: Payload, aggregate_id: str, actor: Actor) -> None:
+    current = state.get(type_of(payload).aggregate_type, aggregate_id)
+    state.apply(envelope_for(payload, aggregate_id=aggregate_id, actor=actor, aggregate_version=current.version + 1))
+
+
+def test_the_creating_team_owns_an_aggregate_until_it_ends_and_replay_gives_the_same() -> None:
+    state = _state()
+    _fold(state, WorkspaceCreated(name="ws"), "ws", TEAM_A)
+    assert state.get("workspace", "ws").team == "team-a"
+    _fold(state, WorkspaceDeleted(name="ws"), "ws", TEAM_A)
+    assert state.get("workspace", "ws").team is None
+    _fold(state, WorkspaceCreated(name="ws"), "ws", TEAM_B)
+    assert state.get("workspace", "ws").team == "team-b"
+    old = decode((FIXTURES / "workspace.created@1.json").read_bytes())  # a record from before teams
+    state.apply(old)
+    assert state.get("workspace", old.aggregate_id).team == DEFAULT_TEAM
+
+
+def _command(payload: Payload, aggregate_id: str, actor: Actor) -> Envelope:
+    return envelope_for(payload, aggregate_id=aggregate_id, actor=actor)
+
+
+def test_a_command_of_another_team_is_refused_as_not_found_and_admins_and_the_platform_pass() -> None:
+    owners = {("workspace", "ws-a"): "team-a"}
+
+    def owner_of(aggregate_type: str, aggregate_id: str) -> str | None:
+        return owners.get((aggregate_type, aggregate_id))
+
+    delete = _command(DeleteWorkspace(name="ws-a"), "ws-a", TEAM_B)
+    b = acting(delete, None)
+    refused = refusal(delete, b, "team-a", owner_of)
+    assert refused is not None and refused.code is RejectionCode.NOT_FOUND
+    assert "team-a" not in refused.reason  # says nothing of who owns it
+    assert refusal(delete, Acting("team-a", admin=False), "team-a", owner_of) is None
+    admin_key = ApiKey(key_id="key-b", name="b", role=Role.ADMIN, team="team-b")
+    assert refusal(delete, acting(delete, admin_key), "team-a", owner_of) is None
+    assert (
+        refusal(delete, acting(_command(DeleteWorkspace(name="ws-a"), "ws-a", SYSTEM_ACTOR), None), "x", owner_of)
+        is None
+    )
+    # the key's own team counts, not what a hand-made command claims
+    forged = _command(DeleteWorkspace(name="ws-a"), "ws-a", TEAM_B.model_copy(update={"team": "team-a"}))
+    b_key = ApiKey(key_id="key-b", name="b", role=Role.USER, team="team-b")
+    assert refusal(forged, acting(forged, b_key), "team-a", owner_of) is not None
+    # a new adapter in another team's workspace is refused; in the shared `default` namespace it is not
+    spec = AdapterSpec(workspace="ws-a", name="x", api=AdapterApi.NEMO, source=FilesetSource(fileset="ws-a/f"))
+    register = _command(RegisterAdapter(spec=spec, new_version_if_exists=False), "ws-a/x", TEAM_B)
+    assert refusal(register, acting(register, None), None, owner_of) is not None
+    assert refusal(register, Acting("team-a", admin=False), None, owner_of) is None
