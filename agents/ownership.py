@@ -22,6 +22,9 @@ from streams.ownership import UNOWNED
 
 # The aggregates whose ids are `{workspace}/{name}`: a new one goes in a workspace, which must be the team's.
 _IN_WORKSPACE = frozenset({"adapter", "fileset"})
+# Commands that name what they create: names stay unique across the platform, so another team's name is taken (409),
+# and the refusal says no more than that (not whose it is).
+_CREATING = frozenset({"workspace.create", "adapter.register", "fileset.add_file"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ def refusal(
     payload = command.payload
     serves = isinstance(payload, AttachAdapter | CheckAdapter)
     if owner is not None and owner != who.team and not (shared and serves):
+        if command.type in _CREATING:
+            name = command.aggregate_id.rpartition("/")[2]
+            return Rejected(RejectionCode.CONFLICT, f"the name {name!r} is taken", field="name")
         return hidden
     if owner is None and command.aggregate_type in _IN_WORKSPACE:
         workspace = command.aggregate_id.partition("/")[0]

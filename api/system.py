@@ -12,6 +12,7 @@ from litestar.params import FromPath
 from sqlalchemy import text
 
 from api.commands import CommandBus, CommandStatus
+from api.teams import COMMAND, owns
 from infra.kafka_admin import kafka_ready
 from infra.s3 import s3_ready
 
@@ -41,6 +42,6 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     return Response({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
 
-@get("/v2/commands/{command_id:str}", tags=["system"], summary="What became of a command")
+@get("/v2/commands/{command_id:str}", tags=["system"], summary="What became of a command", opt=owns(COMMAND))
 async def command_status(command_id: FromPath[str], bus: NamedDependency[CommandBus]) -> CommandStatus:
     return await bus.status(command_id)

@@ -22,7 +22,7 @@ from streams.envelope import DEFAULT_TEAM, SYSTEM_ACTOR, Actor, ActorType, Envel
 from streams.outcomes import RejectionCode
 from streams.registry import type_of
 from streams.serialization import decode, envelope_for
-from streams.workspaces import DeleteWorkspace, WorkspaceCreated, WorkspaceDeleted
+from streams.workspaces import CreateWorkspace, DeleteWorkspace, WorkspaceCreated, WorkspaceDeleted
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 
@@ -110,3 +110,10 @@ def test_a_command_of_another_team_is_refused_as_not_found_and_admins_and_the_pl
     register = _command(RegisterAdapter(spec=spec, new_version_if_exists=False), "ws-a/x", TEAM_B)
     assert refusal(register, acting(register, None), None, owner_of) is not None
     assert refusal(register, Acting("team-a", admin=False), None, owner_of) is None
+
+
+def test_a_name_another_team_holds_is_taken_and_the_refusal_names_no_owner() -> None:
+    create = _command(CreateWorkspace(name="ws-a"), "ws-a", TEAM_B)
+    refused = refusal(create, acting(create, None), "team-a", lambda *_: None)
+    assert refused is not None and refused.code is RejectionCode.CONFLICT and refused.field == "name"
+    assert "team-a" not in refused.reason

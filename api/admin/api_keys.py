@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, admin_only, issue_key
 from api.commands import CommandBus
-from api.params import Wait
+from api.params import TeamFilter, Wait
 from api.readmodel import queries
 from streams.api_keys import CreateApiKey, RevokeApiKey, Role
 from streams.envelope import DEFAULT_TEAM
@@ -76,7 +76,7 @@ class ApiKeyController(Controller):
         return Response(body.model_dump(mode="json"), status_code=201 if answer is None else 202)
 
     @get("/", summary="List API keys")
-    async def list_keys(self, state: State) -> list[ApiKeyInfo]:
+    async def list_keys(self, state: State, team: TeamFilter = None) -> list[ApiKeyInfo]:
         return [
             ApiKeyInfo(
                 id=r["key_id"],
@@ -87,7 +87,7 @@ class ApiKeyController(Controller):
                 created_at=r["created_at"],
                 creator_name=r["creator_name"],
             )
-            for r in await queries.list_api_keys(state.engine)
+            for r in await queries.list_api_keys(state.engine, team)
         ]
 
     @delete("/{key_id:str}", status_code=202, summary="Revoke an API key (204 once done, with ?wait=)")

@@ -71,11 +71,21 @@ api_keys = Table(
     Column("creator_name", String(255), nullable=False),
 )
 
+# The team that owns each aggregate, folded by the rule the agents use (streams.ownership): what api.teams checks.
+owners = Table(
+    "owners",
+    metadata,
+    Column("aggregate_type", String(64), primary_key=True),
+    Column("aggregate_id", String(600), primary_key=True),
+    Column("team", String(255), nullable=False, index=True),
+)
+
 # What became of each command: the answer to `?wait=` and to GET /v2/commands/{id}.
 command_outcomes = Table(
     "command_outcomes",
     metadata,
     Column("command_id", String(64), primary_key=True),
+    Column("team", String(255), nullable=False),  # of the actor that sent it: only that team may ask
     Column("status", String(16), nullable=False),  # succeeded | rejected
     Column("event_type", String(128), nullable=False),
     Column("aggregate_type", String(64), nullable=False),
@@ -106,6 +116,9 @@ adapters = Table(
     Column("creator_id", String(255), nullable=False),
     Column("creator_name", String(255), nullable=False),
 )
+
+# The adapter's aggregate id (streams.adapters.adapter_id) as an SQL expression, to match it with `owners`.
+ADAPTER_ID = adapters.c.workspace + "/" + adapters.c.name
 
 adapter_versions = Table(
     "adapter_versions",
@@ -150,6 +163,7 @@ lora_files = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("uploader_id", String(255), nullable=False),
     Column("uploader_name", String(255), nullable=False),
+    Column("team", String(255), nullable=False, index=True),  # the uploader's
 )
 
 lora_bin = Table(
@@ -166,6 +180,7 @@ lora_bin = Table(
     Column("uploaded_at", UTCDateTime(), nullable=False),
     Column("binned_at", UTCDateTime(), nullable=False),
     Column("correlation_id", String(64), nullable=False, index=True),  # of the delete that binned it
+    Column("team", String(255), nullable=False),  # the uploader's
 )
 
 fileset_files = Table(
@@ -276,6 +291,7 @@ usage_rows = Table(
     Column("row", Integer, primary_key=True),
     Column("minute", UTCDateTime(), nullable=False, index=True),
     Column("api_key_id", String(64), nullable=False, index=True),
+    Column("team", String(255), nullable=False, index=True),  # the key's team (the actor's on the event)
     Column("model", String(512), nullable=False),
     Column("base_model", String(255)),
     Column("requests", Integer, nullable=False),

@@ -13,7 +13,9 @@ from litestar.params import Parameter, QueryParameter
 
 from api.auth import Principal
 from api.errors import Unprocessable
+from api.params import TeamFilter
 from api.readmodel.usage_queries import usage_records
+from api.teams import scope
 from api.usage.buckets import DEFAULT_BUCKETS, MAX_BUCKETS, SECONDS, BucketWidth, GroupBy, bucket_usage, span
 from api.usage.schemas import UsageBucket, UsagePage, UsageResult
 from infra.settings import Settings
@@ -58,6 +60,7 @@ async def get_usage(
     ] = None,
     to: Moment = None,
     api_key_id: Annotated[str | None, Parameter(description="Admin keys: only this key's usage")] = None,
+    team: TeamFilter = None,
 ) -> UsagePage:
     principal = request.user
     end = _moment(to, "to") or int(time.time()) + 1
@@ -76,7 +79,7 @@ async def get_usage(
         if api_key_id not in (None, principal.key_id):
             raise Unprocessable("a user key sees its own usage only", loc=["query", "api_key_id"])
         api_key_id = principal.key_id
-    records = await usage_records(state.engine, aligned_start, aligned_end, api_key_id)
+    records = await usage_records(state.engine, aligned_start, aligned_end, api_key_id, scope(principal, team))
     settings: Settings = state.settings
     buckets = bucket_usage(
         records,
