@@ -15,7 +15,7 @@ from agents.aggregate import Rejected
 from agents.api_keys import ApiKey
 from streams.adapters import DEFAULT_WORKSPACE
 from streams.api_keys import Role
-from streams.deployments import AttachAdapter, CheckAdapter
+from streams.deployments import AttachAdapter, CheckAdapter, CreateDeployment
 from streams.envelope import ActorType, Envelope
 from streams.outcomes import RejectionCode
 from streams.ownership import UNOWNED
@@ -62,6 +62,8 @@ def refusal(
         RejectionCode.NOT_FOUND, f"{command.aggregate_type} {command.aggregate_id!r} does not exist", field=None
     )
     payload = command.payload
+    if isinstance(payload, CreateDeployment) and payload.shared:
+        return Rejected(RejectionCode.INVALID, "only an admin key may share a deployment", field="shared")
     serves = isinstance(payload, AttachAdapter | CheckAdapter)
     if owner is not None and owner != who.team and not (shared and serves):
         if command.type in _CREATING:

@@ -35,11 +35,13 @@ _NOUNS = {"workspace": "workspace", "adapter": "LoRA", "fileset": "fileset", "de
 @dataclass(frozen=True)
 class Owned:
     """An owned resource a route's path names: its aggregate type, how its id is made from the path parameters
-    (None: the path names none, e.g. a malformed one the handler refuses itself), and the parameter a 404 names."""
+    (None: the path names none, e.g. a malformed one the handler refuses itself), the parameter a 404 names, and
+    whether the route may reach another team's shared deployment (reading it; never changing it)."""
 
     aggregate_type: str
     id_of: Callable[[Mapping[str, Any]], str | None]
     param: str
+    shared_ok: bool = False
 
 
 def owns(*owned: Owned) -> dict[str, Any]:
@@ -66,6 +68,7 @@ WORKSPACE = Owned("workspace", _workspace, "workspace")
 NEMO_ADAPTER = Owned("adapter", _joined("workspace", "name"), "name")
 FILESET = Owned("fileset", _joined("workspace", "fileset"), "fileset")
 DEPLOYMENT = Owned("deployment", _param("deploy_id"), "deploy_id")
+SHARED_DEPLOYMENT = Owned("deployment", _param("deploy_id"), "deploy_id", shared_ok=True)
 COMMAND = Owned(queries.COMMAND, _param("command_id"), "command_id")
 
 
@@ -94,14 +97,15 @@ async def require(
     aggregate_id: str | None,
     loc: Sequence[str],
     *,
-    unless: Callable[[str], bool] | None = None,
+    shared_ok: bool = False,
 ) -> None:
-    """404 unless `principal` may see the resource (`visible`); `unless(owner)` may let another team's through (a
-    shared deployment, which every team may serve its adapters on)."""
+    """404 unless `principal` may see the resource (`visible`); with `shared_ok`, another team's shared deployment
+    is let through (to read it, or to serve the caller's own adapters on it)."""
     if aggregate_id is None or principal.is_admin:
         return
-    owner = await queries.owner(engine, aggregate_type, aggregate_id)
-    if visible(principal, owner) or (owner is not None and unless is not None and unless(owner)):
+    found = await queries.owner(engine, aggregate_type, aggregate_id)
+    owner, shared = found if found is not None else (None, False)
+    if visible(principal, owner) or (shared and shared_ok):
         return
     noun = _NOUNS.get(aggregate_type, aggregate_type)
     name = aggregate_id.rpartition("/")[2] if aggregate_type in ("adapter", "fileset") else aggregate_id
@@ -116,4 +120,6 @@ async def team_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         return
     engine: AsyncEngine = connection.app.state.engine
     for item in owned:
-        await require(engine, principal, item.aggregate_type, item.id_of(connection.path_params), ["path", item.param])
+        aggregate_id = item.id_of(connection.path_params)
+        loc = ["path", item.param]
+        await require(engine, principal, item.aggregate_type, aggregate_id, loc, shared_ok=item.shared_ok)

@@ -8,21 +8,41 @@ from pathlib import Path
 import pytest
 
 import streams.catalog  # noqa: F401 - registers every message type
+from agents.adapter_deployments import attachments
 from agents.adapters import ADAPTERS
 from agents.aggregate import Rejected
 from agents.api_keys import API_KEYS, ApiKey
 from agents.api_keys import decide as decide_key
 from agents.api_keys import evolve as evolve_key
+from agents.deployments import DEPLOYMENTS
 from agents.ownership import Acting, acting, refusal
 from agents.state import AgentState
 from agents.workspaces import WORKSPACES
-from streams.adapters import AdapterApi, AdapterSpec, FilesetSource, RegisterAdapter
+from streams.adapters import (
+    AdapterApi,
+    AdapterRequested,
+    AdapterSpec,
+    AdapterStored,
+    FilesetSource,
+    HfSource,
+    RegisterAdapter,
+)
 from streams.api_keys import ApiKeyCreated, CreateApiKey, Role
+from streams.artifacts import Provenance
+from streams.deployments import (
+    AttachAdapter,
+    CheckAdapter,
+    CreateDeployment,
+    DeleteDeployment,
+    DeploymentCreated,
+    DetachAdapter,
+)
 from streams.envelope import DEFAULT_TEAM, SYSTEM_ACTOR, Actor, ActorType, Envelope, Payload
 from streams.outcomes import RejectionCode
 from streams.registry import type_of
 from streams.serialization import decode, envelope_for
 from streams.workspaces import CreateWorkspace, DeleteWorkspace, WorkspaceCreated, WorkspaceDeleted
+from tests.test_deployment_adapters_decisions import SPEC, adapter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events"
 
@@ -117,3 +137,41 @@ def test_a_name_another_team_holds_is_taken_and_the_refusal_names_no_owner() -> 
     refused = refusal(create, acting(create, None), "team-a", lambda *_: None)
     assert refused is not None and refused.code is RejectionCode.CONFLICT and refused.field == "name"
     assert "team-a" not in refused.reason
+
+
+# --- sharing ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_shared_deployment_serves_every_teams_adapters_but_only_its_owner_changes_it() -> None:
+    owners = {("adapter", "default/b-lora"): "team-b", ("adapter", "default/a-lora"): "team-a"}
+
+    def owner_of(aggregate_type: str, aggregate_id: str) -> str | None:
+        return owners.get((aggregate_type, aggregate_id))
+
+    b = Acting("team-b", admin=False)
+    own = AttachAdapter(adapter=adapter("b-lora"))
+    theirs = AttachAdapter(adapter=adapter("a-lora"))
+    assert refusal(_command(own, "d1", TEAM_B), b, "team-a", owner_of, shared=True) is None
+    assert refusal(_command(CheckAdapter(adapter=adapter("b-lora")), "d1", TEAM_B), b, "team-a", owner_of, True) is None
+    assert refusal(_command(own, "d1", TEAM_B), b, "team-a", owner_of, shared=False) is not None  # not shared
+    assert refusal(_command(theirs, "d1", TEAM_B), b, "team-a", owner_of, shared=True) is not None  # not its adapter
+    for change in (DeleteDeployment(), DetachAdapter(name="a-lora")):
+        refused = refusal(_command(change, "d1", TEAM_B), b, "team-a", owner_of, shared=True)
+        assert refused is not None and refused.code is RejectionCode.NOT_FOUND
+    share = _command(CreateDeployment(spec=SPEC, shared=True), "d2", TEAM_B)
+    refused = refusal(share, b, None, owner_of)
+    assert refused is not None and refused.field == "shared"
+    assert refusal(share, Acting("team-b", admin=True), None, owner_of) is None
+
+
+def test_a_new_empower_lora_is_served_on_its_teams_deployments_and_shared_ones_only() -> None:
+    state = AgentState({a.name: a for a in (DEPLOYMENTS, ADAPTERS)})
+    for deploy_id, actor, shared in (("mine", TEAM_A, False), ("theirs", TEAM_B, False), ("everyones", TEAM_B, True)):
+        _fold(state, DeploymentCreated(spec=SPEC, shared=shared), deploy_id, actor)
+    spec = AdapterSpec(workspace="default", name="a-lora", api=AdapterApi.EMPOWER, source=HfSource(repo_id="org/a"))
+    _fold(state, AdapterRequested(version=1, spec=spec), "default/a-lora", TEAM_A)
+    served = adapter("a-lora")
+    stored = AdapterStored(version=1, artifact=served.artifact, analysis=served.analysis, provenance=Provenance())
+    _fold(state, stored, "default/a-lora", SYSTEM_ACTOR)
+    event = envelope_for(stored, aggregate_id="default/a-lora", actor=SYSTEM_ACTOR, aggregate_version=2)
+    assert sorted(deploy_id for deploy_id, _, _ in attachments(state, event)) == ["everyones", "mine"]

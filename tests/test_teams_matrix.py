@@ -22,7 +22,7 @@ from streams.serialization import encode, envelope_for
 from streams.topics import COMMANDS
 from streams.workspaces import DeleteWorkspace
 from tests.fake_hub import FakeHub, FakeRepo
-from tests.peft_artifacts import peft_repo_files
+from tests.peft_artifacts import TINY_BASE_MODEL, peft_repo_files
 from tests.support import Api, Stack, produced, wait_until
 
 # Every red name holds this, so a generic check can say "blue saw nothing of red's" in any answer.
@@ -317,16 +317,47 @@ def test_a_hand_made_command_of_another_team_is_refused_at_the_agent(
     assert team_keys["red"].get(f"/v2/workspaces/{red.workspace}").status_code == 200
 
 
+def test_the_matrix_is_not_empty(routes: list[Route]) -> None:
+    scoped = [r for r in team_scoped(routes) if r.params]
+    assert len(scoped) >= 20, json.dumps([r.key for r in scoped])
+
+
+def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_its_owner_only(
+    red: Red, team_keys: dict[str, Api]
+) -> None:
+    body = {"model_name": f"{BLUE}-shared", "gpu": "H200-141GB", "hf": {"repo": TINY_BASE_MODEL}, "max_batch_size": 1}
+    refused = team_keys["blue"].post("/deploy/llm", params=WAIT, json={**body, "shared": True})
+    assert refused.status_code == 403 and refused.json()["detail"][0]["loc"] == ["body", "shared"]
+    shared = team_keys["blue-admin"].post("/deploy/llm", params=WAIT, json={**body, "shared": True})
+    assert shared.status_code == 200, shared.text
+    deploy_id = shared.json()["deploy_id"]
+    red_client = team_keys["red"]
+    assert red_client.get(f"/deploy/{deploy_id}").status_code == 200
+    assert deploy_id in {d["deploy_id"] for d in red_client.get("/deploy/list").json()}
+    # red serves its own LoRA on it (and the agent agrees)
+    served = red_client.post("/deploy/lora", params={"wait": 0}, json={"deploy_id": deploy_id, "lora_name": red.lora})
+    assert served.status_code == 202, served.text
+    command_id = served.json()["command_id"]
+    outcome = wait_until(
+        lambda: (s := red_client.get(f"/v2/commands/{command_id}").json())["status"] != "pending" and s,
+        message="the attach",
+    )
+    assert outcome["status"] == "succeeded", outcome
+    for method, url, json_body in (
+        ("PUT", f"/deploy/{deploy_id}", {"settings": {"min_instances": 0, "max_instances": 2}}),
+        ("DELETE", f"/deploy/{deploy_id}", None),
+        ("DELETE", f"/deploy/{deploy_id}/lora/{red.lora}", None),
+    ):
+        answer = red_client.request(method, url, params={"wait": 0}, json=json_body)
+        assert answer.status_code == 404, (method, url, answer.text)
+
+
 def test_reds_own_writes_work(routes: list[Route], red: Red, team_keys: dict[str, Api]) -> None:
     """Last: red's writes of its own resources are taken (not 404, not 403), deletes included."""
-    order = sorted(team_scoped(routes), key=lambda r: (r.path == "/v2/workspaces/{name}", r.method == "DELETE"))
+    # deletes last, the deepest paths first: a deployment's LoRA before the deployment, adapters before workspaces
+    order = sorted(team_scoped(routes), key=lambda r: (r.method == "DELETE", -r.path.count("/")))
     for route in order:
         if route.method == "GET" or not route.params:
             continue
         answer = call(team_keys["red"], route, red, params={"wait": 0})
         assert answer.status_code not in (403, 404), (route.key, answer.status_code, answer.text)
-
-
-def test_the_matrix_is_not_empty(routes: list[Route]) -> None:
-    scoped = [r for r in team_scoped(routes) if r.params]
-    assert len(scoped) >= 20, json.dumps([r.key for r in scoped])

@@ -88,7 +88,7 @@ async def deploy_lora(
 ) -> Response[Any]:
     """With `?wait=`, answers once an instance loaded it (or failed to), else when the wait runs out."""
     budget = bus.budget(wait)
-    await require(state.engine, request.user, "deployment", data.deploy_id, ["body", "deploy_id"])
+    await require(state.engine, request.user, "deployment", data.deploy_id, ["body", "deploy_id"], shared_ok=True)
     await _live_deployment(state, data.deploy_id, ["body", "deploy_id"])
     workspace, row = await _adapter_version(state, request.user, data.lora_name, data.version, ["body", "lora_name"])
     command = contract.AttachAdapter(adapter=deployed_adapter(data.lora_name, workspace, row))
@@ -187,7 +187,7 @@ async def check_lora(
     if action != "check" or not lora:
         raise NotFound(f"no route POST /api/v1/lora{name}; did you mean /api/v1/lora/{{name}}/check?", loc=["path"])
     budget = bus.budget(wait)
-    await require(state.engine, request.user, "deployment", data.deploy_id, ["body", "deploy_id"])
+    await require(state.engine, request.user, "deployment", data.deploy_id, ["body", "deploy_id"], shared_ok=True)
     await _live_deployment(state, data.deploy_id, ["body", "deploy_id"])
     workspace, row = await _adapter_version(state, request.user, lora, data.version, ["path", "name"])
     command = contract.CheckAdapter(adapter=deployed_adapter(lora, workspace, row))

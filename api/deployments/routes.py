@@ -18,10 +18,10 @@ from api.auth import Principal, admin_only
 from api.commands import CommandBus
 from api.deployments.answers import deploy_answer, node_answer, status_of
 from api.deployments.schemas import Deploy, DeployLLMIn, DeployUpdateIn, NodeList
-from api.errors import NotFound
+from api.errors import Forbidden, NotFound
 from api.params import TeamFilter, Wait
 from api.readmodel import deployment_queries
-from api.teams import DEPLOYMENT, owns, scope
+from api.teams import DEPLOYMENT, SHARED_DEPLOYMENT, owns, scope
 from streams import deployments as contract
 
 DEPLOY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -69,7 +69,9 @@ async def create_deployment(
 ) -> Response[Any]:
     budget = bus.budget(wait)
     deploy_id = new_deploy_id()
-    command = contract.CreateDeployment(spec=_spec(data, deploy_id, state))
+    if data.shared and not request.user.is_admin:
+        raise Forbidden("only an admin key may share a deployment", loc=["body", "shared"])
+    command = contract.CreateDeployment(spec=_spec(data, deploy_id, state), shared=data.shared)
     command_id = await bus.send(command, aggregate_id=deploy_id, actor=request.user.actor, wait=budget.left)
     if (answer := await bus.outcome(command_id, ["body"])) is not None:
         return answer
@@ -92,7 +94,7 @@ async def list_deployments(
     return [deploy_answer(*found) for found in listed]
 
 
-@get("/deploy/{deploy_id:str}", tags=["deployments"], summary="Get a deployment", opt=owns(DEPLOYMENT))
+@get("/deploy/{deploy_id:str}", tags=["deployments"], summary="Get a deployment", opt=owns(SHARED_DEPLOYMENT))
 async def get_deployment(deploy_id: FromPath[str], state: State) -> Deploy:
     return deploy_answer(*await _existing(state, deploy_id, deleted_too=True))
 

@@ -87,14 +87,18 @@ async def get_deployment(engine: AsyncEngine, deploy_id: str) -> tuple[Row, list
 
 
 async def list_deployments(engine: AsyncEngine, team: str | None = None) -> list[tuple[Row, list[Row]]]:
-    """Every deployment not deleted (that `team` owns; None: any team's), oldest first, with its instances."""
+    """Every deployment not deleted (that `team` owns or any team shares; None: any team's), oldest first, with its
+    instances."""
     async with engine.connect() as conn:
         rows = [
             dict(r)
             for r in (
                 await conn.execute(
                     select(deployments)
-                    .where(deployments.c.deleted.is_(False), owned_by("deployment", deployments.c.deploy_id, team))
+                    .where(
+                        deployments.c.deleted.is_(False),
+                        owned_by("deployment", deployments.c.deploy_id, team, shared_too=True),
+                    )
                     .order_by(deployments.c.created_at, deployments.c.deploy_id)
                 )
             ).mappings()

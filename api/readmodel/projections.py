@@ -105,8 +105,11 @@ def project_owner(conn: Connection, event: Envelope) -> None:
     if current is not None:
         conn.execute(delete(owners).where(*key))
     if after is not None:
+        shared = bool(getattr(event.payload, "shared", False))
         conn.execute(
-            insert(owners).values(aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id, team=after)
+            insert(owners).values(
+                aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id, team=after, shared=shared
+            )
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, true
+from sqlalchemy import ColumnElement, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.readmodel.tables import api_keys, command_outcomes, owners, workspaces
@@ -56,24 +56,31 @@ async def list_api_keys(engine: AsyncEngine, team: str | None = None) -> list[Ro
         return [dict(r) for r in rows.mappings()]
 
 
-async def owner(engine: AsyncEngine, aggregate_type: str, aggregate_id: str) -> str | None:
-    """The team that owns an aggregate (streams.ownership), None for one nobody owns (or that does not exist)."""
+async def owner(engine: AsyncEngine, aggregate_type: str, aggregate_id: str) -> tuple[str, bool] | None:
+    """(the team that owns an aggregate (streams.ownership), whether it is shared), None for one nobody owns (or
+    that does not exist)."""
+    statement: Any
     if aggregate_type == COMMAND:
-        statement = select(command_outcomes.c.team).where(command_outcomes.c.command_id == aggregate_id)
+        statement = select(command_outcomes.c.team, false()).where(command_outcomes.c.command_id == aggregate_id)
     else:
-        statement = select(owners.c.team).where(
+        statement = select(owners.c.team, owners.c.shared).where(
             owners.c.aggregate_type == aggregate_type, owners.c.aggregate_id == aggregate_id
         )
     async with engine.connect() as conn:
-        found: str | None = await conn.scalar(statement)
-        return found
+        row = (await conn.execute(statement)).first()
+        return (row[0], bool(row[1])) if row else None
 
 
-def owned_by(aggregate_type: str, aggregate_id: ColumnElement[str], team: str | None) -> ColumnElement[bool]:
-    """A WHERE clause keeping the rows whose aggregate (`aggregate_id`, a column expression) `team` owns; every row
-    for None (an admin's list without a team)."""
+def owned_by(
+    aggregate_type: str, aggregate_id: ColumnElement[str], team: str | None, *, shared_too: bool = False
+) -> ColumnElement[bool]:
+    """A WHERE clause keeping the rows whose aggregate (`aggregate_id`, a column expression) `team` owns (or, with
+    `shared_too`, any team shares); every row for None (an admin's list without a team)."""
     if team is None:
         return true()
+    whose = owners.c.team == team
     return aggregate_id.in_(
-        select(owners.c.aggregate_id).where(owners.c.aggregate_type == aggregate_type, owners.c.team == team)
+        select(owners.c.aggregate_id).where(
+            owners.c.aggregate_type == aggregate_type, or_(whose, owners.c.shared) if shared_too else whose
+        )
     )

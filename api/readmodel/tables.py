@@ -78,6 +78,8 @@ owners = Table(
     Column("aggregate_type", String(64), primary_key=True),
     Column("aggregate_id", String(600), primary_key=True),
     Column("team", String(255), nullable=False, index=True),
+    # A shared deployment: every team may call it and serve its adapters on it (streams.deployments.CreateDeployment)
+    Column("shared", Boolean, nullable=False, default=False),
 )
 
 # What became of each command: the answer to `?wait=` and to GET /v2/commands/{id}.
