@@ -36,7 +36,7 @@ NOT_TEAM_SCOPED: dict[tuple[str, str], str] = {
     ("GET", "/readyz"): "public",
     ("GET", "/metrics"): "public",
     ("GET", "/v2/events/schema"): "the contract, the same for every key",
-    # The inference gateway's routes: tests/test_teams_gateway.py (they answer OpenAI's errors, not ours).
+    # The inference gateway's routes: test_the_gateway_hides_another_teams_models below (OpenAI's errors, not ours).
     ("GET", "/v1/models"): "gateway",
     ("GET", "/v1/models/{model}"): "gateway",
     ("POST", "/v1/completions"): "gateway",
@@ -350,6 +350,20 @@ def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_
     ):
         answer = red_client.request(method, url, params={"wait": 0}, json=json_body)
         assert answer.status_code == 404, (method, url, answer.text)
+
+
+def test_the_gateway_hides_another_teams_models(red: Red, team_keys: dict[str, Api]) -> None:
+    """The shared deployment above serves red's LoRA's base model: red lists and may call it, blue may not."""
+    blue, red_client = team_keys["blue"], team_keys["red"]
+    for model in (red.lora, f"default/{red.lora}", f"{red.lora}@v1", f"{MARK}-model"):
+        refused = blue.post("/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 1})
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found", refused.text
+        assert blue.get(f"/v1/models/{model}").status_code == 404
+        assert RED not in refused.text
+    assert MARK not in blue.get("/v1/models").text
+    assert red.lora in {m["id"] for m in red_client.get("/v1/models").json()["data"]}
+    assert red_client.get(f"/v1/models/{red.lora}").status_code == 200
+    assert red.lora in {m["id"] for m in team_keys["blue-admin"].get("/v1/models").json()["data"]}
 
 
 def test_reds_own_writes_work(routes: list[Route], red: Red, team_keys: dict[str, Api]) -> None:
