@@ -123,3 +123,19 @@ async def team_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
         aggregate_id = item.id_of(connection.path_params)
         loc = ["path", item.param]
         await require(engine, principal, item.aggregate_type, aggregate_id, loc, shared_ok=item.shared_ok)
+
+
+Found = tuple[dict[str, Any], list[dict[str, Any]]]  # a deployment row (with `adapters`) and its instances
+
+
+async def as_seen_by(engine: AsyncEngine, principal: Principal, found: Found) -> Found:
+    """A deployment as `principal` may see it: only the caller's own team's adapters are shown (each team's adapters
+    on a shared deployment stay that team's, its owner's included); admins see them all."""
+    row, instances = found
+    served = row.get("adapters", [])
+    if principal.is_admin or not served:
+        return found
+    mine = await queries.owned_among(engine, "adapter", [a["adapter_id"] for a in served], principal.team)
+    names = {a["name"] for a in served if a["adapter_id"] in mine}
+    shown = [{**i, "adapters": [h for h in i.get("adapters", []) if h["name"] in names]} for i in instances]
+    return {**row, "adapters": [a for a in served if a["name"] in names]}, shown

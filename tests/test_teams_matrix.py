@@ -343,6 +343,11 @@ def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_
         message="the attach",
     )
     assert outcome["status"] == "succeeded", outcome
+    # red's LoRA on it is red's alone to see; its owner (blue) sees only its own adapters there, admins all
+    assert red.lora in {a["name"] for a in red_client.get(f"/deploy/{deploy_id}").json()["adapters"]}
+    assert MARK not in team_keys["blue"].get(f"/deploy/{deploy_id}").text
+    assert MARK not in team_keys["blue"].get("/deploy/list").text
+    assert red.lora in team_keys["blue-admin"].get(f"/deploy/{deploy_id}").text
     for method, url, json_body in (
         ("PUT", f"/deploy/{deploy_id}", {"settings": {"min_instances": 0, "max_instances": 2}}),
         ("DELETE", f"/deploy/{deploy_id}", None),

@@ -20,7 +20,7 @@ from api.deployments.schemas import DeployLoraIn, LoraCheck, LoraCheckIn
 from api.errors import Conflict, NotFound
 from api.params import Wait
 from api.readmodel import adapter_queries, deployment_queries
-from api.teams import DEPLOYMENT, owns, require
+from api.teams import DEPLOYMENT, as_seen_by, owns, require
 from streams import deployments as contract
 from streams.adapters import DEFAULT_WORKSPACE, adapter_id
 from streams.artifacts import Analysis, Artifact
@@ -101,7 +101,7 @@ async def deploy_lora(
         return found if found is not None and _holding(found, data.lora_name) else None
 
     found = await bus.wait_until(settled, budget.left) or await _live_deployment(state, data.deploy_id, [])
-    return Response(deploy_answer(*found).model_dump(mode="json"))
+    return Response(deploy_answer(*await as_seen_by(state.engine, request.user, found)).model_dump(mode="json"))
 
 
 @delete(

@@ -21,7 +21,7 @@ from api.deployments.schemas import Deploy, DeployLLMIn, DeployUpdateIn, NodeLis
 from api.errors import Forbidden, NotFound
 from api.params import TeamFilter, Wait
 from api.readmodel import deployment_queries
-from api.teams import DEPLOYMENT, SHARED_DEPLOYMENT, owns, scope
+from api.teams import DEPLOYMENT, SHARED_DEPLOYMENT, as_seen_by, owns, scope
 from streams import deployments as contract
 
 DEPLOY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -91,12 +91,13 @@ async def list_deployments(
     request: Request[Principal, str, State], state: State, team: TeamFilter = None
 ) -> list[Deploy]:
     listed = await deployment_queries.list_deployments(state.engine, scope(request.user, team))
-    return [deploy_answer(*found) for found in listed]
+    return [deploy_answer(*await as_seen_by(state.engine, request.user, found)) for found in listed]
 
 
 @get("/deploy/{deploy_id:str}", tags=["deployments"], summary="Get a deployment", opt=owns(SHARED_DEPLOYMENT))
-async def get_deployment(deploy_id: FromPath[str], state: State) -> Deploy:
-    return deploy_answer(*await _existing(state, deploy_id, deleted_too=True))
+async def get_deployment(deploy_id: FromPath[str], request: Request[Principal, str, State], state: State) -> Deploy:
+    found = await _existing(state, deploy_id, deleted_too=True)
+    return deploy_answer(*await as_seen_by(state.engine, request.user, found))
 
 
 @put(

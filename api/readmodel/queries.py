@@ -71,6 +71,17 @@ async def owner(engine: AsyncEngine, aggregate_type: str, aggregate_id: str) -> 
         return (row[0], bool(row[1])) if row else None
 
 
+async def owned_among(engine: AsyncEngine, aggregate_type: str, aggregate_ids: list[str], team: str) -> set[str]:
+    """Which of `aggregate_ids` `team` owns."""
+    if not aggregate_ids:
+        return set()
+    statement = select(owners.c.aggregate_id).where(
+        owners.c.aggregate_type == aggregate_type, owners.c.aggregate_id.in_(aggregate_ids), owners.c.team == team
+    )
+    async with engine.connect() as conn:
+        return set((await conn.scalars(statement)).all())
+
+
 def owned_by(
     aggregate_type: str, aggregate_id: ColumnElement[str], team: str | None, *, shared_too: bool = False
 ) -> ColumnElement[bool]:
