@@ -21,6 +21,7 @@ from streams.envelope import Actor, ActorType
 from streams.serialization import encode, envelope_for
 from streams.topics import COMMANDS
 from streams.workspaces import DeleteWorkspace
+from tests.artifacts import kohya_lora
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.peft_artifacts import TINY_BASE_MODEL, peft_repo_files
 from tests.support import Api, Stack, produced, wait_until
@@ -369,6 +370,15 @@ def test_the_gateway_hides_another_teams_models(red: Red, team_keys: dict[str, A
     assert red.lora in {m["id"] for m in red_client.get("/v1/models").json()["data"]}
     assert red_client.get(f"/v1/models/{red.lora}").status_code == 200
     assert red.lora in {m["id"] for m in team_keys["blue-admin"].get("/v1/models").json()["data"]}
+
+
+def test_a_seed_004_file_belongs_to_its_uploaders_team(team_keys: dict[str, Api]) -> None:
+    name = f"{MARK}-file.safetensors"
+    uploaded = team_keys["red"].post("/api/v1/lora/upload", files={"file": (name, kohya_lora(seed=13))}, timeout=120)
+    assert uploaded.status_code == 200, uploaded.text
+    admin = team_keys["blue-admin"]
+    assert name in admin.get("/api/v1/admin/lora", params={"team": RED, "page_size": 1000}).text
+    assert name not in admin.get("/api/v1/admin/lora", params={"team": BLUE, "page_size": 1000}).text
 
 
 def test_reds_own_writes_work(routes: list[Route], red: Red, team_keys: dict[str, Api]) -> None:
