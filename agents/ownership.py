@@ -8,14 +8,14 @@ more than one that calls the API. Admin keys act for every team; the platform's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agents.aggregate import Rejected
 from agents.api_keys import ApiKey
 from streams.adapters import DEFAULT_WORKSPACE
 from streams.api_keys import Role
-from streams.deployments import AttachAdapter, CheckAdapter, CreateDeployment
+from streams.deployments import AttachAdapter, CheckAdapter, CreateDeployment, DetachAdapter
 from streams.envelope import ActorType, Envelope
 from streams.outcomes import RejectionCode
 from streams.ownership import UNOWNED
@@ -52,10 +52,12 @@ def refusal(
     owner: str | None,
     owner_of: Callable[[str, str], str | None],
     shared: bool = False,
+    served: Mapping[str, str] | None = None,
 ) -> Rejected | None:
     """Why `who` may not send `command` to an aggregate owned by `owner` (None: it may). `owner_of(type, id)` gives
     the owner of another aggregate the command refers to; `shared`: the aggregate is a shared deployment, which
-    every team may serve its own adapters on (attach, check) but only its owner change or delete."""
+    every team may serve its own adapters on (attach, check, and stop serving them) but only its owner change or
+    delete; `served`: the adapter ids it serves, by served name."""
     if who is None or who.admin or command.aggregate_type in UNOWNED:
         return None
     hidden = Rejected(
@@ -65,6 +67,9 @@ def refusal(
     if isinstance(payload, CreateDeployment) and payload.shared:
         return Rejected(RejectionCode.INVALID, "only an admin key may share a deployment", field="shared")
     serves = isinstance(payload, AttachAdapter | CheckAdapter)
+    if isinstance(payload, DetachAdapter) and shared:
+        adapter_id = (served or {}).get(payload.name)
+        serves = adapter_id is not None and owner_of("adapter", adapter_id) == who.team
     if owner is not None and owner != who.team and not (shared and serves):
         if command.type in _CREATING:
             name = command.aggregate_id.rpartition("/")[2]
@@ -75,8 +80,7 @@ def refusal(
         parent = owner_of("workspace", workspace) if workspace != DEFAULT_WORKSPACE else None
         if parent is not None and parent != who.team:
             return Rejected(RejectionCode.NOT_FOUND, f"workspace {workspace!r} does not exist", field="workspace")
-    if serves:
-        assert isinstance(payload, AttachAdapter | CheckAdapter)
+    if isinstance(payload, AttachAdapter | CheckAdapter):
         adapter_owner = owner_of("adapter", payload.adapter.adapter_id)
         if adapter_owner is not None and adapter_owner != who.team:
             return Rejected(

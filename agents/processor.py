@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -318,12 +318,15 @@ class CommandProcessor:
         """The refusal of a command whose actor's team does not own the aggregate (agents.ownership), if it is one."""
         key = self.state.get(API_KEYS, command.actor.id).value
         shared = bool(getattr(current.value, "shared", False))
+        adapters = getattr(current.value, "adapters", None) if shared else None
+        served = {name: a.adapter_id for name, a in adapters.items()} if isinstance(adapters, Mapping) else None
         return refusal(
             command,
             acting(command, key if isinstance(key, ApiKey) else None),
             current.team,
             lambda aggregate_type, aggregate_id: self.state.get(aggregate_type, aggregate_id).team,
             shared=shared,
+            served=served,
         )
 
     async def send_command(self, command: Envelope) -> None:

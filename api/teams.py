@@ -139,3 +139,18 @@ async def as_seen_by(engine: AsyncEngine, principal: Principal, found: Found) ->
     names = {a["name"] for a in served if a["adapter_id"] in mine}
     shown = [{**i, "adapters": [h for h in i.get("adapters", []) if h["name"] in names]} for i in instances]
     return {**row, "adapters": [a for a in served if a["name"] in names]}, shown
+
+
+async def require_own_adapter_there(
+    engine: AsyncEngine, principal: Principal, found: Found, name: str, loc: Sequence[str]
+) -> None:
+    """On another team's shared deployment a caller may stop serving only its own adapters (404 for the others)."""
+    row, _ = found
+    whose = await queries.owner(engine, "deployment", row["deploy_id"])
+    if principal.is_admin or whose is None or whose[0] == principal.team:
+        return
+    served = {a["name"]: a["adapter_id"] for a in row.get("adapters", [])}
+    adapter_id = served.get(name)
+    mine = await queries.owned_among(engine, "adapter", [adapter_id], principal.team) if adapter_id else set()
+    if not mine:
+        raise NotFound(f"LoRA {name!r} is not served on deployment {row['deploy_id']!r}", loc=list(loc))

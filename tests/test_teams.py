@@ -155,9 +155,14 @@ def test_a_shared_deployment_serves_every_teams_adapters_but_only_its_owner_chan
     assert refusal(_command(CheckAdapter(adapter=adapter("b-lora")), "d1", TEAM_B), b, "team-a", owner_of, True) is None
     assert refusal(_command(own, "d1", TEAM_B), b, "team-a", owner_of, shared=False) is not None  # not shared
     assert refusal(_command(theirs, "d1", TEAM_B), b, "team-a", owner_of, shared=True) is not None  # not its adapter
+    served = {"a-lora": "default/a-lora", "b-lora": "default/b-lora"}
     for change in (DeleteDeployment(), DetachAdapter(name="a-lora")):
-        refused = refusal(_command(change, "d1", TEAM_B), b, "team-a", owner_of, shared=True)
+        refused = refusal(_command(change, "d1", TEAM_B), b, "team-a", owner_of, shared=True, served=served)
         assert refused is not None and refused.code is RejectionCode.NOT_FOUND
+    # it stops serving its own adapter there (a LoRA deleted with force=true does that first)
+    detach_own = _command(DetachAdapter(name="b-lora"), "d1", TEAM_B)
+    assert refusal(detach_own, b, "team-a", owner_of, shared=True, served=served) is None
+    assert refusal(detach_own, b, "team-a", owner_of, shared=False, served=served) is not None
     share = _command(CreateDeployment(spec=SPEC, shared=True), "d2", TEAM_B)
     refused = refusal(share, b, None, owner_of)
     assert refused is not None and refused.field == "shared"

@@ -352,10 +352,19 @@ def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_
     for method, url, json_body in (
         ("PUT", f"/deploy/{deploy_id}", {"settings": {"min_instances": 0, "max_instances": 2}}),
         ("DELETE", f"/deploy/{deploy_id}", None),
-        ("DELETE", f"/deploy/{deploy_id}/lora/{red.lora}", None),
+        ("DELETE", f"/deploy/{deploy_id}/lora/{MARK}-not-red-s", None),
     ):
         answer = red_client.request(method, url, params={"wait": 0}, json=json_body)
         assert answer.status_code == 404, (method, url, answer.text)
+    # but red stops serving its own LoRA there (as a forced delete of the LoRA does first)
+    stopped = red_client.delete(f"/deploy/{deploy_id}/lora/{red.lora}", params={"wait": 0})
+    assert stopped.status_code == 202, stopped.text
+    command_id = stopped.json()["command_id"]
+    outcome = wait_until(
+        lambda: (s := red_client.get(f"/v2/commands/{command_id}").json())["status"] != "pending" and s,
+        message="the detach",
+    )
+    assert outcome["status"] == "succeeded", outcome
 
 
 def test_the_gateway_hides_another_teams_models(red: Red, team_keys: dict[str, Api]) -> None:

@@ -20,7 +20,7 @@ from api.deployments.schemas import DeployLoraIn, LoraCheck, LoraCheckIn
 from api.errors import Conflict, NotFound
 from api.params import Wait
 from api.readmodel import adapter_queries, deployment_queries
-from api.teams import DEPLOYMENT, as_seen_by, owns, require
+from api.teams import SHARED_DEPLOYMENT, as_seen_by, owns, require, require_own_adapter_there
 from streams import deployments as contract
 from streams.adapters import DEFAULT_WORKSPACE, adapter_id
 from streams.artifacts import Analysis, Artifact
@@ -109,7 +109,7 @@ async def deploy_lora(
     tags=["deployments"],
     status_code=202,
     summary="Stop serving a LoRA on a deployment (204 with ?wait=, once no instance holds it)",
-    opt=owns(DEPLOYMENT),
+    opt=owns(SHARED_DEPLOYMENT),
 )
 async def undeploy_lora(
     deploy_id: FromPath[str],
@@ -121,7 +121,8 @@ async def undeploy_lora(
 ) -> Response[Any]:
     name = lora_name.lstrip("/")
     budget = bus.budget(wait)
-    await _live_deployment(state, deploy_id, ["path", "deploy_id"])
+    found = await _live_deployment(state, deploy_id, ["path", "deploy_id"])
+    await require_own_adapter_there(state.engine, request.user, found, name, ["path", "lora_name"])
     if (answer := await detach(bus, deploy_id, name, request.user.actor, budget.left, state)) is not None:
         return answer
     return Response(None, status_code=204)
