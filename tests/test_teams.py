@@ -3,6 +3,8 @@ belongs to `default` (saved old records in tests/fixtures/events/ decoded with t
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,10 @@ from agents.deployments import DEPLOYMENTS
 from agents.ownership import Acting, acting, refusal
 from agents.state import AgentState
 from agents.workspaces import WORKSPACES
+from api.readmodel import queries
+from api.readmodel.database import create_engine, create_schema
+from api.readmodel.projector import EventRecord, Projector
+from api.readmodel.usage_queries import usage_records
 from streams.adapters import (
     AdapterApi,
     AdapterRequested,
@@ -40,7 +46,8 @@ from streams.deployments import (
 from streams.envelope import DEFAULT_TEAM, SYSTEM_ACTOR, Actor, ActorType, Envelope, Payload
 from streams.outcomes import RejectionCode
 from streams.registry import type_of
-from streams.serialization import decode, envelope_for
+from streams.serialization import decode, encode, envelope_for
+from streams.usage import UsageRecorded, UsageRow
 from streams.workspaces import CreateWorkspace, DeleteWorkspace, WorkspaceCreated, WorkspaceDeleted
 from tests.test_deployment_adapters_decisions import SPEC, adapter
 
@@ -180,3 +187,47 @@ def test_a_new_empower_lora_is_served_on_its_teams_deployments_and_shared_ones_o
     _fold(state, stored, "default/a-lora", SYSTEM_ACTOR)
     event = envelope_for(stored, aggregate_id="default/a-lora", actor=SYSTEM_ACTOR, aggregate_version=2)
     assert sorted(deploy_id for deploy_id, _, _ in attachments(state, event)) == ["everyones", "mine"]
+
+
+# --- the read model: owners, and usage per team, as the projector writes them -------------------------------------
+
+
+def test_the_read_model_folds_owners_and_usage_per_team(tmp_path: Path) -> None:
+    minute = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    row = UsageRow(minute=minute, model="m", requests=1, prompt_tokens=2, completion_tokens=3)
+
+    async def run() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rm.db'}")
+        await create_schema(engine)
+        projector = Projector(engine)
+        events = [
+            envelope_for(WorkspaceCreated(name="ws"), aggregate_id="ws", actor=TEAM_A, aggregate_version=1),
+            envelope_for(
+                UsageRecorded(api_key_id="key-a", gateway_id="g", rows=(row,)),
+                aggregate_id="key-a",
+                actor=TEAM_A,
+                aggregate_version=1,
+            ),
+            envelope_for(
+                UsageRecorded(api_key_id="key-b", gateway_id="g", rows=(row,)),
+                aggregate_id="key-b",
+                actor=TEAM_B,
+                aggregate_version=1,
+            ),
+            decode((FIXTURES / "workspace.created@1.json").read_bytes()),  # from before teams
+        ]
+        try:
+            await projector.apply([EventRecord("loraplane.events", 0, i, encode(e)) for i, e in enumerate(events)])
+            assert await queries.owner(engine, "workspace", "ws") == ("team-a", False)
+            old = events[-1].aggregate_id
+            assert await queries.owner(engine, "workspace", old) == (DEFAULT_TEAM, False)
+            start, end = int(minute.timestamp()), int(minute.timestamp()) + 60
+            assert {r.api_key_id for r in await usage_records(engine, start, end, None, "team-b")} == {"key-b"}
+            assert {r.api_key_id for r in await usage_records(engine, start, end, None, None)} == {"key-a", "key-b"}
+            listed, _ = await queries.list_workspaces(engine, offset=0, limit=10, team="team-b")
+            assert listed == []
+        finally:
+            projector.close()
+            await engine.dispose()
+
+    asyncio.run(run())
