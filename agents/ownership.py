@@ -72,7 +72,7 @@ def refusal(
         serves = adapter_id is not None and owner_of("adapter", adapter_id) == who.team
     if owner is not None and owner != who.team and not (shared and serves):
         if command.type in _CREATING:
-            name = command.aggregate_id.rpartition("/")[2]
+            name = command.aggregate_id.partition("/")[2] or command.aggregate_id
             return Rejected(RejectionCode.CONFLICT, f"the name {name!r} is taken", field="name")
         return hidden
     if owner is None and command.aggregate_type in _IN_WORKSPACE:

@@ -108,7 +108,7 @@ async def require(
     if visible(principal, owner) or (shared and shared_ok):
         return
     noun = _NOUNS.get(aggregate_type, aggregate_type)
-    name = aggregate_id.rpartition("/")[2] if aggregate_type in ("adapter", "fileset") else aggregate_id
+    name = aggregate_id.partition("/")[2] if aggregate_type in ("adapter", "fileset") else aggregate_id
     raise NotFound(f"{noun} {name!r} does not exist", loc=list(loc))
 
 

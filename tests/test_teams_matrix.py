@@ -30,6 +30,8 @@ from tests.support import Api, Stack, produced, wait_until
 MARK = f"redmark{uuid.uuid4().hex[:6]}"
 RED, BLUE = f"crimson{uuid.uuid4().hex[:6]}", f"azure{uuid.uuid4().hex[:6]}"  # the teams' names
 WAIT = {"wait": 10}
+# Deployments that ask for no instance: they hold no GPU of the nodes other tests register, and run no engine.
+IDLE = {"gpu": "H200-141GB", "max_batch_size": 1, "settings": {"min_instances": 0, "max_instances": 1}}
 
 # (method, path) -> why the matrix does not apply. Anything else with a path parameter is team-scoped.
 NOT_TEAM_SCOPED: dict[tuple[str, str], str] = {
@@ -191,8 +193,7 @@ def red(team_keys: dict[str, Api], hub_server: FakeHub) -> Red:
     deployed = client.post(
         "/deploy/llm",
         params=WAIT,
-        # a GPU no node has: it stays pending, and no vLLM starts
-        json={"model_name": f"{MARK}-model", "gpu": "H200-141GB", "hf": {"repo": "org/tiny"}, "max_batch_size": 1},
+        json={"model_name": f"{MARK}-model", "hf": {"repo": "org/tiny"}, **IDLE},
     )
     assert deployed.status_code == 200, deployed.text
     return Red(workspace, fileset, f"{MARK}-nemo", lora, deployed.json()["deploy_id"], command_id)
@@ -264,13 +265,14 @@ def test_a_body_naming_another_teams_resource_is_404(red: Red, team_keys: dict[s
     own = blue.post(
         "/deploy/llm",
         params=WAIT,
-        json={"model_name": "blue-model", "gpu": "H200-141GB", "hf": {"repo": "org/tiny"}, "max_batch_size": 1},
+        json={"model_name": "blue-model", "hf": {"repo": "org/tiny"}, **IDLE},
     ).json()["deploy_id"]
     refused = blue.post("/deploy/lora", params={"wait": 0}, json={"deploy_id": own, "lora_name": red.lora})
     assert refused.status_code == 404 and refused.json()["detail"][0]["loc"] == ["body", "lora_name"]
     refused = blue.post(f"/api/v1/lora/{red.lora}/check", json={"deploy_id": own})
     assert refused.status_code == 404, refused.text
     blue.post("/v2/workspaces", params=WAIT, json={"name": f"{BLUE}-ws"})
+    assert blue.delete(f"/deploy/{own}", params=WAIT).status_code == 204
     refused = blue.post(
         f"/v2/workspaces/{BLUE}-ws/adapters",
         params={"wait": 0},
@@ -323,15 +325,24 @@ def test_the_matrix_is_not_empty(routes: list[Route]) -> None:
     assert len(scoped) >= 20, json.dumps([r.key for r in scoped])
 
 
-def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_its_owner_only(
-    red: Red, team_keys: dict[str, Api]
-) -> None:
-    body = {"model_name": f"{BLUE}-shared", "gpu": "H200-141GB", "hf": {"repo": TINY_BASE_MODEL}, "max_batch_size": 1}
+@pytest.fixture(scope="module")
+def shared_deployment(team_keys: dict[str, Api]) -> Iterator[str]:
+    """Blue's admin shares a deployment of the base model of red's LoRA; deleted at the end, so that no later test
+    finds a live deployment of that base model (a stored Empower LoRA would be served on it at once)."""
+    body = {"model_name": f"{BLUE}-shared", "hf": {"repo": TINY_BASE_MODEL}, **IDLE}
     refused = team_keys["blue"].post("/deploy/llm", params=WAIT, json={**body, "shared": True})
     assert refused.status_code == 403 and refused.json()["detail"][0]["loc"] == ["body", "shared"]
     shared = team_keys["blue-admin"].post("/deploy/llm", params=WAIT, json={**body, "shared": True})
     assert shared.status_code == 200, shared.text
-    deploy_id = shared.json()["deploy_id"]
+    deploy_id: str = shared.json()["deploy_id"]
+    yield deploy_id
+    assert team_keys["blue-admin"].delete(f"/deploy/{deploy_id}", params=WAIT).status_code == 204
+
+
+def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_its_owner_only(
+    red: Red, team_keys: dict[str, Api], shared_deployment: str
+) -> None:
+    deploy_id = shared_deployment
     red_client = team_keys["red"]
     assert red_client.get(f"/deploy/{deploy_id}").status_code == 200
     assert deploy_id in {d["deploy_id"] for d in red_client.get("/deploy/list").json()}
@@ -367,8 +378,8 @@ def test_a_shared_deployment_is_seen_and_served_on_by_every_team_and_changed_by_
     assert outcome["status"] == "succeeded", outcome
 
 
-def test_the_gateway_hides_another_teams_models(red: Red, team_keys: dict[str, Api]) -> None:
-    """The shared deployment above serves red's LoRA's base model: red lists and may call it, blue may not."""
+def test_the_gateway_hides_another_teams_models(red: Red, team_keys: dict[str, Api], shared_deployment: str) -> None:
+    """The shared deployment is of red's LoRA's base model: red lists and may call it, blue may not."""
     blue, red_client = team_keys["blue"], team_keys["red"]
     for model in (red.lora, f"default/{red.lora}", f"{red.lora}@v1", f"{MARK}-model"):
         refused = blue.post("/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 1})
