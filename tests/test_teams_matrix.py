@@ -224,21 +224,21 @@ def test_blue_reads_and_writes_of_reds_resources_answer_404(
 
 
 def test_no_list_shows_blue_anything_of_reds(routes: list[Route], red: Red, team_keys: dict[str, Api]) -> None:
+    """Blue's lists hold nothing of red's; red's hold its own; an admin's, filtered by team, hold that team's. (An
+    admin's unfiltered lists hold every team's: paged, oldest first, so not checked here on a long-lived stack.)"""
     blue, admin = team_keys["blue"], team_keys["blue-admin"]
-    listed_by_admin = []
+    listed_for_red = []
     for route in team_scoped(routes):
         if route.method != "GET" or route.params:
             continue
         answer = blue.get(route.path)
         assert answer.status_code == 200, (route.key, answer.text)
         assert MARK not in answer.text, (route.key, answer.text)
-        everyone = admin.get(route.path)
-        assert everyone.status_code == 200
-        if MARK in everyone.text:
-            listed_by_admin.append(route.path)
-            assert MARK not in admin.get(route.path, params={"team": BLUE}).text, route.key
-            assert MARK in admin.get(route.path, params={"team": RED}).text, route.key
-    assert {"/v2/workspaces", "/api/v1/lora", "/deploy/list"} <= set(listed_by_admin)
+        assert MARK not in admin.get(route.path, params={"team": BLUE}).text, route.key
+        if MARK in admin.get(route.path, params={"team": RED}).text:
+            listed_for_red.append(route.path)
+            assert MARK in team_keys["red"].get(route.path).text, route.key
+    assert {"/v2/workspaces", "/api/v1/lora", "/deploy/list"} <= set(listed_for_red)
 
 
 def test_user_keys_are_refused_on_admin_routes(routes: list[Route], red: Red, team_keys: dict[str, Api]) -> None:
