@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedAdapter, bool]]:
     """(deploy_id, adapter, on demand) for each live deployment that should serve the Empower adapter `event`
-    stored; on demand unless the deployment serves that name pinned already."""
+    stored; on demand unless the deployment serves that name pinned already. Only the deployments of the adapter's
+    own team, and shared ones: another team's deployment never serves it."""
     payload = event.payload
     if not isinstance(payload, AdapterStored):
         return []
-    adapter = state.get(ADAPTERS, event.aggregate_id).value
+    owned = state.get(ADAPTERS, event.aggregate_id)
+    adapter, team = owned.value, owned.team
     if not isinstance(adapter, Adapter) or adapter.deleted:
         return []
     version = adapter.version(payload.version)
@@ -53,6 +55,8 @@ def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedA
         if aggregate_type != deployments.AGGREGATE or not isinstance(deployment, Deployment) or deployment.deleted:
             continue
         if base_model_key(deployment.spec.base_model_name) != base_model_key(base):
+            continue
+        if entry.team != team and not deployment.shared:
             continue
         if problems := adapter_problems(deployment, served):
             log.info("%s is not served on %s: %s", served.name, deploy_id, "; ".join(problems))

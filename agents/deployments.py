@@ -65,6 +65,8 @@ class Deployment:
     loaded: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # The adapters the inference gateway loaded for requests (evictable); the others are pinned.
     on_demand: frozenset[str] = frozenset()
+    # Every team may call it and serve its own adapters on it (agents.ownership); only its owner changes it.
+    shared: bool = False
 
     @property
     def desired_instances(self) -> int:
@@ -107,7 +109,7 @@ def decide(current: Deployment | None, command: Envelope) -> Sequence[Payload]:
         if problems := spec_problems(payload.spec):
             field_name, reason = problems[0]
             raise Rejected(RejectionCode.INVALID, reason, field=field_name)
-        return [DeploymentCreated(spec=payload.spec)]
+        return [DeploymentCreated(spec=payload.spec, shared=payload.shared)]
     if current is None or current.deleted:
         raise Rejected(RejectionCode.NOT_FOUND, f"deployment {command.aggregate_id!r} does not exist")
     if isinstance(payload, ScaleDeployment):
@@ -208,7 +210,7 @@ def _adapter_report(report: ReportAdapter) -> Payload:
 def evolve(current: Deployment | None, event: Envelope) -> Deployment | None:
     payload = event.payload
     if isinstance(payload, DeploymentCreated):
-        return Deployment(event.aggregate_id, payload.spec, payload.spec.settings)
+        return Deployment(event.aggregate_id, payload.spec, payload.spec.settings, shared=payload.shared)
     if current is None:
         return None
     if isinstance(payload, DeploymentScaled):
@@ -250,4 +252,4 @@ _STATUS_OF: Mapping[type[Payload], InstanceStatus] = {
     InstanceFailed: InstanceStatus.FAILED,
 }
 
-DEPLOYMENTS = Aggregate(AGGREGATE, decide, evolve, Deployment)
+DEPLOYMENTS = Aggregate(AGGREGATE, decide, evolve, Deployment, state_version=2)  # 2: shared

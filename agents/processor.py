@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 
 from agents.aggregate import Aggregate, Rejected
+from agents.api_keys import ApiKey
 from agents.event_log import EventLogFollower
 from agents.follow_ups import FollowUpRunner, FollowUps
-from agents.state import AgentState, AggregateState
+from agents.ownership import acting, refusal
+from agents.state import AgentState, AggregateState, folded
 from infra.errors import is_retriable
 from infra.faults import crash_point
 from infra.kafka import make_producer, publish, publish_together, stop_quietly
@@ -32,6 +34,7 @@ from infra.s3 import make_client
 from infra.settings import Settings
 from infra.telemetry import continued_from, current_traceparent, tracer
 from streams import registry
+from streams.api_keys import AGGREGATE as API_KEYS
 from streams.envelope import Envelope, MessageKind, Payload
 from streams.outcomes import CommandRejected
 from streams.serialization import MessageDecodeError, decode, envelope_for
@@ -276,6 +279,8 @@ class CommandProcessor:
                 return None
             payloads: Sequence[Payload]
             try:
+                if (trespass := self._trespass(current, command)) is not None:
+                    raise trespass
                 payloads = aggregate.decide(current.value, command)
             except Rejected as rejection:
                 span.set_attribute("loraplane.rejected", rejection.reason)
@@ -308,6 +313,21 @@ class CommandProcessor:
                 )
                 span.add_event(events[-1].type)
             return events
+
+    def _trespass(self, current: AggregateState, command: Envelope) -> Rejected | None:
+        """The refusal of a command whose actor's team does not own the aggregate (agents.ownership), if it is one."""
+        key = self.state.get(API_KEYS, command.actor.id).value
+        shared = bool(getattr(current.value, "shared", False))
+        adapters = getattr(current.value, "adapters", None) if shared else None
+        served = {name: a.adapter_id for name, a in adapters.items()} if isinstance(adapters, Mapping) else None
+        return refusal(
+            command,
+            acting(command, key if isinstance(key, ApiKey) else None),
+            current.team,
+            lambda aggregate_type, aggregate_id: self.state.get(aggregate_type, aggregate_id).team,
+            shared=shared,
+            served=served,
+        )
 
     async def send_command(self, command: Envelope) -> None:
         """Publish a command of this process's own (an artifacts job's report) to the commands topic."""
@@ -342,5 +362,5 @@ def _folded(aggregate: Aggregate, current: AggregateState, events: Sequence[Enve
     """The aggregate after `events`, as AgentState.apply would leave it."""
     for event in events:
         if not isinstance(event.payload, CommandRejected):
-            current = AggregateState(version=event.aggregate_version or 0, value=aggregate.evolve(current.value, event))
+            current = folded(aggregate, current, event)
     return current

@@ -31,7 +31,7 @@ from pydantic_core import from_json, to_json
 from agents.aggregate import Aggregate
 from agents.state import AgentState, AggregateState, HandledCommands
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each aggregate's owning team
 _adapters: dict[Any, TypeAdapter[Any]] = {}
 
 
@@ -116,19 +116,21 @@ def encode(captured: Captured, created_at: datetime | None = None) -> bytes:
 
 
 def _encode(captured: Captured, created_at: datetime | None) -> bytes:
-    by_type: dict[str, tuple[list[str], list[int], list[Any]]] = {}
+    by_type: dict[str, tuple[list[str], list[int], list[Any], list[str | None]]] = {}
     for (aggregate_type, aggregate_id), entry in captured.entries:
-        ids, versions, values = by_type.setdefault(aggregate_type, ([], [], []))
+        ids, versions, values, teams = by_type.setdefault(aggregate_type, ([], [], [], []))
         ids.append(aggregate_id)
         versions.append(entry.version)
         values.append(entry.value)
+        teams.append(entry.team)
     entries = {
         aggregate_type: {
             "ids": ids,
             "versions": versions,
             "values": _adapter(captured.aggregates[aggregate_type].state_type).dump_python(values, mode="json"),
+            "teams": teams,
         }
-        for aggregate_type, (ids, versions, values) in sorted(by_type.items())
+        for aggregate_type, (ids, versions, values, teams) in sorted(by_type.items())
     }
     body = {
         "format_version": FORMAT_VERSION,
@@ -191,12 +193,16 @@ def _load(data: bytes, aggregates: Mapping[str, Aggregate], handled_window_s: fl
         )
         state = AgentState(dict(aggregates), handled_commands=restored)
         for aggregate_type, found in body["entries"].items():
-            ids, versions = found["ids"], found["versions"]
+            ids, versions, teams = found["ids"], found["versions"], found["teams"]
             values = _adapter(aggregates[aggregate_type].state_type).validate_python(found["values"])
-            if not len(ids) == len(versions) == len(values):
-                raise SnapshotInvalid(f"{aggregate_type}: ids, versions and values do not pair up")
-            for aggregate_id, version, value in zip(ids, versions, values, strict=True):
-                state.entries[(aggregate_type, aggregate_id)] = AggregateState(version=int(version), value=value)
+            if not len(ids) == len(versions) == len(values) == len(teams):
+                raise SnapshotInvalid(f"{aggregate_type}: ids, versions, values and teams do not pair up")
+            for aggregate_id, version, value, team in zip(ids, versions, values, teams, strict=True):
+                if team is not None and not isinstance(team, str):
+                    raise SnapshotInvalid(f"{aggregate_type}/{aggregate_id}: team {team!r}")
+                state.entries[(aggregate_type, aggregate_id)] = AggregateState(
+                    version=int(version), value=value, team=team
+                )
         positions = {int(p): int(o) for p, o in body["positions"].items()}
         return Snapshot(who=str(body["who"]), positions=positions, state=state, created_at=str(body["created_at"]))
     except SnapshotInvalid:

@@ -11,6 +11,7 @@ from typing import Any
 from agents.aggregate import Aggregate
 from streams.envelope import Envelope
 from streams.outcomes import CommandRejected
+from streams.ownership import owner_after
 
 DEFAULT_HANDLED_WINDOW_S = 7 * 24 * 3600.0
 _PRUNE_EVERY = 1024
@@ -101,6 +102,16 @@ class HandledCommands:
 class AggregateState:
     version: int = 0
     value: Any = None
+    team: str | None = None  # the owning team (streams.ownership), None for nobody's
+
+
+def folded(aggregate: Aggregate, current: AggregateState, event: Envelope) -> AggregateState:
+    """`current` with one state-changing event folded in: its version, value and owner."""
+    return AggregateState(
+        version=event.aggregate_version or 0,
+        value=aggregate.evolve(current.value, event),
+        team=owner_after(current.team, event),
+    )
 
 
 @dataclass
@@ -123,4 +134,4 @@ class AgentState:
         version = event.aggregate_version or 0
         if version <= current.version:
             return
-        self.entries[key] = AggregateState(version=version, value=aggregate.evolve(current.value, event))
+        self.entries[key] = folded(aggregate, current, event)

@@ -35,6 +35,7 @@ from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
 from api.server import serve
 from api.system import command_status, healthz, readyz
+from api.teams import team_guard
 from api.tracing import tracing_middleware
 from api.usage.routes import ROUTES as USAGE_ROUTES
 from api.workspaces.routes import WorkspaceController
@@ -101,6 +102,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={"bus": Provide(provide_bus, sync_to_thread=False)},
+        guards=[team_guard],
         middleware=[
             tracing_middleware,
             options_middleware,

@@ -15,7 +15,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from api.errors import Forbidden, Unauthorized
 from api.readmodel import queries
 from streams.api_keys import Role
-from streams.envelope import Actor, ActorType
+from streams.envelope import DEFAULT_TEAM, Actor, ActorType
 
 PREFIX = "lp"
 PUBLIC_PATHS = {"/healthz", "/readyz", "/schema", "/metrics"}
@@ -33,10 +33,15 @@ class Principal:
     key_id: str
     name: str
     role: Role
+    team: str = DEFAULT_TEAM
 
     @property
     def actor(self) -> Actor:
-        return Actor(type=ActorType.API_KEY, id=self.key_id, name=self.name)
+        return Actor(type=ActorType.API_KEY, id=self.key_id, name=self.name, team=self.team)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
 
 
 def hash_key(key: str) -> str:
@@ -69,7 +74,7 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         row = await queries.get_api_key(engine, key_id) if key_id else None
         if row is None or row["revoked"] or not hmac.compare_digest(row["key_hash"], hash_key(key)):
             raise Unauthorized("invalid or revoked API key", loc=["header", "Authorization"])
-        principal = Principal(key_id=row["key_id"], name=row["name"], role=Role(row["role"]))
+        principal = Principal(key_id=row["key_id"], name=row["name"], role=Role(row["role"]), team=row["team"])
         return AuthenticationResult(user=principal, auth=key_id)
 
 

@@ -23,3 +23,7 @@ Force = Annotated[
     bool,
     Parameter(description="Delete an adapter that deployments serve: stop serving it everywhere first (else 409)"),
 ]
+TeamFilter = Annotated[
+    str | None,
+    Parameter(description="Admin keys: only this team's (a user key always sees only its own team's)"),
+]

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from api.commands import CommandBus, CommandStatus
 from api.contract import answers
+from api.teams import COMMAND, owns
 from infra.kafka_admin import kafka_ready
 from infra.s3 import s3_ready
 
@@ -47,6 +48,6 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     return Response({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
 
 
-@get("/v2/commands/{command_id:str}", tags=["system"], summary="What became of a command")
+@get("/v2/commands/{command_id:str}", tags=["system"], summary="What became of a command", opt=owns(COMMAND))
 async def command_status(command_id: FromPath[str], bus: NamedDependency[CommandBus]) -> CommandStatus:
     return await bus.status(command_id)

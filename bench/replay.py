@@ -156,7 +156,7 @@ class History:
         key_id = new_id()[:16]
         name = self.name("key")
         self.keys.append((key_id, Actor(type=ActorType.API_KEY, id=key_id, name=name)))
-        created = ApiKeyCreated(key_id=key_id, name=name, role=Role.USER, key_hash=_sha(key_id))
+        created = ApiKeyCreated(key_id=key_id, name=name, role=Role.USER, key_hash=_sha(key_id), team="default")
         yield from self.decision([created], key_id)
 
     def usage(self) -> Iterator[Envelope]:

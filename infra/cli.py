@@ -118,7 +118,7 @@ async def _up(settings: Settings) -> int:
 # --- keys -------------------------------------------------------------------------------------
 
 
-async def _create_key(settings: Settings, name: str, role: str, answer_within_s: float) -> int:
+async def _create_key(settings: Settings, name: str, role: str, team: str, answer_within_s: float) -> int:
     from aiokafka import TopicPartition
 
     import streams.catalog  # noqa: F401
@@ -132,7 +132,7 @@ async def _create_key(settings: Settings, name: str, role: str, answer_within_s:
 
     issued = issue_key()
     command = envelope_for(
-        CreateApiKey(key_id=issued.key_id, name=name, role=Role(role), key_hash=issued.key_hash),
+        CreateApiKey(key_id=issued.key_id, name=name, role=Role(role), key_hash=issued.key_hash, team=team),
         aggregate_id=issued.key_id,
         actor=SYSTEM_ACTOR,
     )
@@ -313,6 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="issue a key and print it once")
     create.add_argument("--role", choices=["user", "admin"], default="user")
     create.add_argument("--name", default="cli")
+    create.add_argument("--team", default="default", help="the team the key acts for (default: default)")
     create.add_argument("--timeout", type=float, default=60.0)
     replay = sub.add_parser("replay", help="rebuild a read model from offset 0 into a fresh database")
     replay.add_argument("--database-url", required=True, help="e.g. sqlite+aiosqlite:///rebuilt.db")
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         run_node(settings)
         return 0
     if args.command == "keys":
-        return asyncio.run(_create_key(settings, args.name, args.role, args.timeout))
+        return asyncio.run(_create_key(settings, args.name, args.role, args.team, args.timeout))
     if args.command == "replay":
         return asyncio.run(_replay(settings, args.database_url))
     if args.command == "events":

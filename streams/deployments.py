@@ -8,12 +8,13 @@ each instance fares (`deployment.report_instance`) into the deployment's own str
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field
 
 from streams.artifacts import Analysis, Artifact
 from streams.envelope import Frozen, Payload
-from streams.registry import command, event
+from streams.registry import command, event, upcaster
 
 AGGREGATE = "deployment"
 MAX_NUM_GPUS = 8
@@ -103,13 +104,36 @@ class InstanceStatus(StrEnum):
 
 
 @command("deployment.create", aggregate_type=AGGREGATE)
+class CreateDeploymentV1(Payload):
+    spec: DeploymentSpec
+
+
+@command("deployment.create", version=2, aggregate_type=AGGREGATE)
 class CreateDeployment(Payload):
     spec: DeploymentSpec
+    # Every team may call it and serve its own adapters on it; only its owner changes or deletes it. Admins only.
+    shared: bool = False
 
 
 @event("deployment.created", aggregate_type=AGGREGATE)
+class DeploymentCreatedV1(Payload):
+    spec: DeploymentSpec
+
+
+@event("deployment.created", version=2, aggregate_type=AGGREGATE)
 class DeploymentCreated(Payload):
     spec: DeploymentSpec
+    shared: bool = False
+
+
+@upcaster("deployment.create", from_version=1)
+def create_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "shared": False}  # deployments made before sharing existed are their team's alone
+
+
+@upcaster("deployment.created", from_version=1)
+def created_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "shared": False}
 
 
 @command("deployment.scale", aggregate_type=AGGREGATE)

@@ -25,10 +25,17 @@ class ActorType(StrEnum):
     SYSTEM = "SYSTEM"
 
 
+# The team of everything recorded before teams existed, and of keys issued without one.
+DEFAULT_TEAM = "default"
+
+
 class Actor(Frozen):
     type: ActorType
     id: str
     name: str
+    # The team the actor acts for (an API key's team). Records written before teams existed have none: they read
+    # as `default`, so every old event still decodes and belongs to the default team.
+    team: str = Field(default=DEFAULT_TEAM, min_length=1, max_length=255)
 
 
 SYSTEM_ACTOR = Actor(type=ActorType.SYSTEM, id="system", name="loraplane")

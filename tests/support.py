@@ -61,8 +61,8 @@ class Stack:
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
 
-    def issue_key(self, role: str = "admin", name: str = "tests") -> str:
-        result = self.cli("keys", "create", "--role", role, "--name", name)
+    def issue_key(self, role: str = "admin", name: str = "tests", team: str = "default") -> str:
+        result = self.cli("keys", "create", "--role", role, "--name", name, "--team", team)
         assert result.returncode == 0, result.stderr
         key = result.stdout.strip()
         # The key is usable once the API's read model has projected it.

@@ -43,15 +43,26 @@ def test_admin_routes_refuse_user_keys(user: Api, admin: Api) -> None:
 
 
 def test_admin_issues_and_revokes_a_key(admin: Api, stack: Stack) -> None:
-    issued = admin.post("/v2/admin/api-keys", params={"wait": 10}, json={"name": "ci-bot", "role": "user"})
+    issued = admin.post(
+        "/v2/admin/api-keys", params={"wait": 10}, json={"name": "ci-bot", "role": "user", "team": "bots"}
+    )
     assert issued.status_code == 201, issued.text
+    assert issued.json()["team"] == "bots"
     key = issued.json()["key"]
     with Api(stack, key) as bot:
         assert bot.get("/v2/workspaces").status_code == 200
         listed = {k["id"]: k for k in admin.get("/v2/admin/api-keys").json()}
         assert listed[issued.json()["id"]]["role"] == "user" and "key" not in listed[issued.json()["id"]]
+        assert listed[issued.json()["id"]]["team"] == "bots"
         assert admin.delete(f"/v2/admin/api-keys/{issued.json()['id']}", params={"wait": 10}).status_code == 204
         assert bot.get("/v2/workspaces").status_code == 401
+
+
+def test_a_key_without_a_team_is_of_default_and_team_names_follow_the_workspace_rules(admin: Api) -> None:
+    issued = admin.post("/v2/admin/api-keys", params={"wait": 10}, json={"name": "no-team"})
+    assert issued.status_code == 201 and issued.json()["team"] == "default"
+    refused = admin.post("/v2/admin/api-keys", json={"name": "bad-team", "team": "a team/with slash"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "team"]
 
 
 def test_keys_are_stored_only_as_digests(admin: Api, stack: Stack, admin_key: str) -> None:
@@ -74,4 +85,4 @@ def test_actor_is_recorded_on_commands_and_events(admin: Api, stack: Stack) -> N
     commands = [r.json() for r in read_topic(stack.bootstrap, "loraplane.commands") if r.key == b"actor-check"]
     evts = [e for e in events(stack) if e["aggregate_id"] == "actor-check"]
     for message in [*commands[:1], *evts[:1]]:
-        assert message["actor"] == {"type": "API_KEY", "id": key_id, "name": "test-admin"}
+        assert message["actor"] == {"type": "API_KEY", "id": key_id, "name": "test-admin", "team": "default"}

@@ -29,7 +29,7 @@ from streams import cluster
 from streams import deployments as dep
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked, Role
 from streams.artifacts import Analysis, Artifact, Provenance, StoredFile
-from streams.envelope import SYSTEM_ACTOR, Payload
+from streams.envelope import SYSTEM_ACTOR, Actor, ActorType, Payload
 from streams.outcomes import CommandRejected, RejectionCode
 from streams.serialization import envelope_for
 
@@ -289,8 +289,8 @@ def test_attached_to_finds_an_adapter_being_loaded(state: RoutingState) -> None:
 
 def test_keys_and_watched_commands_are_folded() -> None:
     state = RoutingState()
-    apply(state, "k1", ApiKeyCreated(key_id="k1", name="ci", role=Role.USER, key_hash="0" * 64))
-    assert state.keys["k1"].role is Role.USER and not state.keys["k1"].revoked
+    apply(state, "k1", ApiKeyCreated(key_id="k1", name="ci", role=Role.USER, key_hash="0" * 64, team="team-a"))
+    assert state.keys["k1"].role is Role.USER and state.keys["k1"].team == "team-a" and not state.keys["k1"].revoked
     apply(state, "k1", ApiKeyRevoked(key_id="k1"))
     assert state.keys["k1"].revoked
     state.watch("c1")
@@ -329,3 +329,38 @@ def test_until_the_log_is_read_a_gateway_answers_503_not_401(tmp_path: Path) -> 
     with pytest.raises(Unavailable) as starting:
         asyncio.run(gateway.authenticate("Bearer lp_0000000000000000_x"))
     assert starting.value.code == "gateway_starting" and starting.value.retry_after_s
+
+
+def test_a_team_calls_its_own_adapters_and_deployments_and_shared_ones_only() -> None:
+    state = RoutingState()
+
+    def as_team(team: str, aggregate_id: str, payload: Payload) -> None:
+        actor = Actor(type=ActorType.API_KEY, id=f"key-{team}", name=team, team=team)
+        state.apply(envelope_for(payload, aggregate_id=aggregate_id, actor=actor, aggregate_version=state.applied + 1))
+
+    spec = dep.DeploymentSpec(model_name="red-base", gpu=dep.DeployGpu.CPU, weights=dep.Weights(repo=BASE))
+    as_team("red", "d-red", dep.DeploymentCreated(spec=spec))
+    as_team("red", "d-everyone", dep.DeploymentCreated(spec=spec.model_copy(update={"model_name": "all"}), shared=True))
+    adapter_spec = registry.AdapterSpec(
+        workspace="default", name="red-lora", source=registry.HfSource(repo_id="org/x"), api=registry.AdapterApi.EMPOWER
+    )
+    as_team("red", "default/red-lora", registry.AdapterRequested(version=1, spec=adapter_spec))
+    apply(
+        state,
+        "default/red-lora",
+        registry.AdapterStored(version=1, artifact=artifact(1), analysis=analysis(), provenance=Provenance()),
+    )
+    for model in ("red-base", "red-lora", "default/red-lora", "red-lora@v1"):
+        assert isinstance(resolve(state, model, "blue"), NotFound), model
+        assert not isinstance(resolve(state, model, "red"), NotFound), model
+        assert not isinstance(resolve(state, model, None), NotFound), model  # an admin
+    assert resolve(state, "all", "blue") == BaseTarget("all", ("d-everyone",), "blue")
+    assert {c["id"] for c in model_cards(state, "blue")} == {"all"}
+    assert {c["id"] for c in model_cards(state, "red")} == {"red-base", "all", "red-lora"}
+    # red's LoRA served on the shared deployment stays red's: blue neither sees nor calls it there
+    attach(state, "d-everyone", "red-lora", "red-lora", 1)
+    assert {c["id"] for c in model_cards(state, "blue")} == {"all"}
+    version = state.adapters["default/red-lora"].newest()
+    assert version is not None
+    blue_loads = plan_loads(state, version, {}, {}, {}, served_name="x", team="blue")
+    assert blue_loads.deployments_of_base == 1  # the shared one only, never red's own

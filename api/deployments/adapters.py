@@ -20,6 +20,7 @@ from api.deployments.schemas import DeployLoraIn, LoraCheck, LoraCheckIn
 from api.errors import Conflict, NotFound
 from api.params import Wait
 from api.readmodel import adapter_queries, deployment_queries
+from api.teams import SHARED_DEPLOYMENT, as_seen_by, owns, require, require_own_adapter_there
 from streams import deployments as contract
 from streams.adapters import DEFAULT_WORKSPACE, adapter_id
 from streams.artifacts import Analysis, Artifact
@@ -29,8 +30,11 @@ Row = dict[str, Any]
 CHECK_WAIT_S = 10.0  # the check is a question: it waits for its answer unless told otherwise
 
 
-async def _adapter_version(state: State, lora_name: str, version: int | None, loc: list[str]) -> tuple[str, Row]:
-    """(workspace, stored version row) for a LoRA named as Empower or DeepInfra do, or as `workspace/name`."""
+async def _adapter_version(
+    state: State, principal: Principal, lora_name: str, version: int | None, loc: list[str]
+) -> tuple[str, Row]:
+    """(workspace, stored version row) for a LoRA named as Empower or DeepInfra do, or as `workspace/name`; only
+    the caller's team's (api.teams)."""
     candidates = [(DEFAULT_WORKSPACE, lora_name)]
     if "/" in lora_name:
         workspace, _, name = lora_name.partition("/")
@@ -38,6 +42,7 @@ async def _adapter_version(state: State, lora_name: str, version: int | None, lo
     for workspace, name in candidates:
         if await adapter_queries.get_adapter(state.engine, workspace, name) is None:
             continue
+        await require(state.engine, principal, "adapter", adapter_id(workspace, name), loc)
         row = await adapter_queries.ready_version(state.engine, workspace, name, version)
         if row is None:
             which = f"version {version}" if version else "a stored version"
@@ -83,8 +88,9 @@ async def deploy_lora(
 ) -> Response[Any]:
     """With `?wait=`, answers once an instance loaded it (or failed to), else when the wait runs out."""
     budget = bus.budget(wait)
+    await require(state.engine, request.user, "deployment", data.deploy_id, ["body", "deploy_id"], shared_ok=True)
     await _live_deployment(state, data.deploy_id, ["body", "deploy_id"])
-    workspace, row = await _adapter_version(state, data.lora_name, data.version, ["body", "lora_name"])
+    workspace, row = await _adapter_version(state, request.user, data.lora_name, data.version, ["body", "lora_name"])
     command = contract.AttachAdapter(adapter=deployed_adapter(data.lora_name, workspace, row))
     command_id = await bus.send(command, aggregate_id=data.deploy_id, actor=request.user.actor, wait=budget.left)
     if (answer := await bus.outcome(command_id, ["body"])) is not None:
@@ -95,7 +101,7 @@ async def deploy_lora(
         return found if found is not None and _holding(found, data.lora_name) else None
 
     found = await bus.wait_until(settled, budget.left) or await _live_deployment(state, data.deploy_id, [])
-    return Response(deploy_answer(*found).model_dump(mode="json"))
+    return Response(deploy_answer(*await as_seen_by(state.engine, request.user, found)).model_dump(mode="json"))
 
 
 @delete(
@@ -103,6 +109,7 @@ async def deploy_lora(
     tags=["deployments"],
     status_code=202,
     summary="Stop serving a LoRA on a deployment (204 with ?wait=, once no instance holds it)",
+    opt=owns(SHARED_DEPLOYMENT),
 )
 async def undeploy_lora(
     deploy_id: FromPath[str],
@@ -114,7 +121,8 @@ async def undeploy_lora(
 ) -> Response[Any]:
     name = lora_name.lstrip("/")
     budget = bus.budget(wait)
-    await _live_deployment(state, deploy_id, ["path", "deploy_id"])
+    found = await _live_deployment(state, deploy_id, ["path", "deploy_id"])
+    await require_own_adapter_there(state.engine, request.user, found, name, ["path", "lora_name"])
     if (answer := await detach(bus, deploy_id, name, request.user.actor, budget.left, state)) is not None:
         return answer
     return Response(None, status_code=204)
@@ -180,8 +188,9 @@ async def check_lora(
     if action != "check" or not lora:
         raise NotFound(f"no route POST /api/v1/lora{name}; did you mean /api/v1/lora/{{name}}/check?", loc=["path"])
     budget = bus.budget(wait)
+    await require(state.engine, request.user, "deployment", data.deploy_id, ["body", "deploy_id"], shared_ok=True)
     await _live_deployment(state, data.deploy_id, ["body", "deploy_id"])
-    workspace, row = await _adapter_version(state, lora, data.version, ["path", "name"])
+    workspace, row = await _adapter_version(state, request.user, lora, data.version, ["path", "name"])
     command = contract.CheckAdapter(adapter=deployed_adapter(lora, workspace, row))
     command_id = await bus.send(command, aggregate_id=data.deploy_id, actor=request.user.actor, wait=budget.left)
     if (answer := await bus.outcome(command_id, ["body"])) is not None:

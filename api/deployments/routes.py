@@ -18,9 +18,10 @@ from api.auth import Principal, admin_only
 from api.commands import CommandBus
 from api.deployments.answers import deploy_answer, node_answer, status_of
 from api.deployments.schemas import Deploy, DeployLLMIn, DeployUpdateIn, NodeList
-from api.errors import NotFound
-from api.params import Wait
+from api.errors import Forbidden, NotFound
+from api.params import TeamFilter, Wait
 from api.readmodel import deployment_queries
+from api.teams import DEPLOYMENT, SHARED_DEPLOYMENT, as_seen_by, owns, scope
 from streams import deployments as contract
 
 DEPLOY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -68,7 +69,9 @@ async def create_deployment(
 ) -> Response[Any]:
     budget = bus.budget(wait)
     deploy_id = new_deploy_id()
-    command = contract.CreateDeployment(spec=_spec(data, deploy_id, state))
+    if data.shared and not request.user.is_admin:
+        raise Forbidden("only an admin key may share a deployment", loc=["body", "shared"])
+    command = contract.CreateDeployment(spec=_spec(data, deploy_id, state), shared=data.shared)
     command_id = await bus.send(command, aggregate_id=deploy_id, actor=request.user.actor, wait=budget.left)
     if (answer := await bus.outcome(command_id, ["body"])) is not None:
         return answer
@@ -84,16 +87,26 @@ async def create_deployment(
 
 
 @get("/deploy/list", tags=["deployments"], summary="List deployments (deleted ones are left out)")
-async def list_deployments(state: State) -> list[Deploy]:
-    return [deploy_answer(*found) for found in await deployment_queries.list_deployments(state.engine)]
+async def list_deployments(
+    request: Request[Principal, str, State], state: State, team: TeamFilter = None
+) -> list[Deploy]:
+    listed = await deployment_queries.list_deployments(state.engine, scope(request.user, team))
+    return [deploy_answer(*await as_seen_by(state.engine, request.user, found)) for found in listed]
 
 
-@get("/deploy/{deploy_id:str}", tags=["deployments"], summary="Get a deployment")
-async def get_deployment(deploy_id: FromPath[str], state: State) -> Deploy:
-    return deploy_answer(*await _existing(state, deploy_id, deleted_too=True))
+@get("/deploy/{deploy_id:str}", tags=["deployments"], summary="Get a deployment", opt=owns(SHARED_DEPLOYMENT))
+async def get_deployment(deploy_id: FromPath[str], request: Request[Principal, str, State], state: State) -> Deploy:
+    found = await _existing(state, deploy_id, deleted_too=True)
+    return deploy_answer(*await as_seen_by(state.engine, request.user, found))
 
 
-@put("/deploy/{deploy_id:str}", tags=["deployments"], status_code=200, summary="Scale a deployment")
+@put(
+    "/deploy/{deploy_id:str}",
+    tags=["deployments"],
+    status_code=200,
+    summary="Scale a deployment",
+    opt=owns(DEPLOYMENT),
+)
 async def scale_deployment(
     deploy_id: FromPath[str],
     data: JSONBody[DeployUpdateIn],
@@ -113,7 +126,11 @@ async def scale_deployment(
 
 
 @delete(
-    "/deploy/{deploy_id:str}", tags=["deployments"], status_code=202, summary="Delete a deployment (204 with ?wait=)"
+    "/deploy/{deploy_id:str}",
+    tags=["deployments"],
+    status_code=202,
+    summary="Delete a deployment (204 with ?wait=)",
+    opt=owns(DEPLOYMENT),
 )
 async def delete_deployment(
     deploy_id: FromPath[str],

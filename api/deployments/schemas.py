@@ -74,6 +74,9 @@ class DeployLLMIn(BaseModel):
     settings: ScaleSettings | None = None
     extra_args: list[str] | None = Field(None, max_length=64, description="Checked against vLLM's allowlist")
     lora: LoraSettings | None = Field(None, description="Extension: adapter slots (default 4 adapters, rank 64)")
+    shared: bool = Field(
+        False, description="Extension, admin keys only: every team may call it and serve its own adapters on it"
+    )
 
 
 class DeployLoraIn(BaseModel):

@@ -21,8 +21,9 @@ from api.empower.registration import register
 from api.empower.rejections import civitai_rejection_loc, hf_rejection_loc
 from api.empower.schemas import DeepInfraLoraCreate, Deploy, Lora, LoraCreate, LoraList
 from api.errors import NotFound, Unprocessable
-from api.params import Force, Page, PageSize, Wait
+from api.params import Force, Page, PageSize, TeamFilter, Wait
 from api.readmodel import adapter_queries, deployment_queries
+from api.teams import EMPOWER_ADAPTER, owns, scope
 from infra.settings import Settings
 from streams.adapters import (
     DEFAULT_WORKSPACE,
@@ -91,9 +92,19 @@ async def _served_when_deployed(
 
 
 @get("/api/v1/lora", tags=["empower"], summary="List LoRAs")
-async def list_loras(state: State, page: Page = 1, page_size: PageSize = 100) -> LoraList:
+async def list_loras(
+    request: Request[Principal, str, State],
+    state: State,
+    page: Page = 1,
+    page_size: PageSize = 100,
+    team: TeamFilter = None,
+) -> LoraList:
     rows, total = await adapter_queries.list_adapters(
-        state.engine, DEFAULT_WORKSPACE, offset=(page - 1) * page_size, limit=page_size
+        state.engine,
+        DEFAULT_WORKSPACE,
+        offset=(page - 1) * page_size,
+        limit=page_size,
+        team=scope(request.user, team),
     )
     served = await deployment_queries.served_versions(
         state.engine, [adapter_id(DEFAULT_WORKSPACE, r["name"]) for r in rows]
@@ -104,14 +115,20 @@ async def list_loras(state: State, page: Page = 1, page_size: PageSize = 100) ->
     )
 
 
-@get("/api/v1/lora/{name:path}", tags=["empower"], summary="Get a LoRA (its latest version)")
+@get("/api/v1/lora/{name:path}", tags=["empower"], summary="Get a LoRA (its latest version)", opt=owns(EMPOWER_ADAPTER))
 async def get_lora(name: FromPath[LoraName], state: State) -> Lora:
     row = await _existing(state, _lora_name(name))
     key = adapter_id(DEFAULT_WORKSPACE, row["name"])
     return lora_answer(row, state.settings, (await deployment_queries.served_versions(state.engine, [key])).get(key))
 
 
-@delete("/api/v1/lora/{name:path}", tags=["empower"], status_code=202, summary="Delete a LoRA (204 with ?wait=)")
+@delete(
+    "/api/v1/lora/{name:path}",
+    tags=["empower"],
+    status_code=202,
+    summary="Delete a LoRA (204 with ?wait=)",
+    opt=owns(EMPOWER_ADAPTER),
+)
 async def delete_lora(
     name: FromPath[LoraName],
     request: Request[Principal, str, State],

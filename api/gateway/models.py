@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.gateway.state import RegisteredAdapter, RoutingState
+from api.gateway.state import RegisteredAdapter, RoutingState, Viewer, sees
 from streams.deployments import base_model_key
 
 OWNER = "loraplane"
 PEFT_LLM = "peft_llm"  # what validation calls a PEFT LoRA of a language model (agents.validation.lora_format)
 
 
-def model_cards(state: RoutingState) -> list[dict[str, Any]]:
+def model_cards(state: RoutingState, team: Viewer = None) -> list[dict[str, Any]]:
+    """The cards of what `team` may call (None: an admin's view, everything): its deployments and the shared ones,
+    and its own adapters (another team's adapter on a shared deployment is not listed)."""
     cards: dict[str, dict[str, Any]] = {}
-    live = sorted(state.live_deployments(), key=lambda d: (d.created, d.deploy_id))
+    live = sorted(state.live_deployments(team), key=lambda d: (d.created, d.deploy_id))
     for deployment in live:
         running = state.running_instances(deployment)
         cards.setdefault(
@@ -27,7 +29,7 @@ def model_cards(state: RoutingState) -> list[dict[str, Any]]:
         )
     for adapter in sorted(state.adapters.values(), key=lambda a: a.adapter_id):
         newest = adapter.newest()
-        if adapter.deleted or not adapter.enabled or newest is None:
+        if adapter.deleted or not adapter.enabled or newest is None or not sees(team, adapter.team):
             continue
         served_on = [d for d in live for s in d.adapters.values() if s.adapter_id == adapter.adapter_id]
         loaded_on = [

@@ -35,8 +35,8 @@ def _gateway(state: State) -> Gateway:
 )
 async def list_models(request: Request[Any, Any, State]) -> dict[str, Any]:
     gateway = _gateway(request.app.state)
-    await gateway.authenticate(request.headers.get("authorization"))
-    return {"object": "list", "data": gateway.models()}
+    principal = await gateway.authenticate(request.headers.get("authorization"))
+    return {"object": "list", "data": gateway.models(principal)}
 
 
 @get(
@@ -47,9 +47,9 @@ async def list_models(request: Request[Any, Any, State]) -> dict[str, Any]:
 )
 async def get_model(model: FromPath[str], request: Request[Any, Any, State]) -> dict[str, Any]:
     gateway = _gateway(request.app.state)
-    await gateway.authenticate(request.headers.get("authorization"))
+    principal = await gateway.authenticate(request.headers.get("authorization"))
     wanted = model.lstrip("/")
-    for card in gateway.models():
+    for card in gateway.models(principal):
         if card["id"] == wanted:
             return card
     raise ModelNotFound(f"the model {wanted!r} does not exist", param="model")

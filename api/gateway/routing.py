@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from api.gateway.state import DeploymentView, RegisteredAdapter, RoutingState, StoredVersion
+from api.gateway.state import DeploymentView, RegisteredAdapter, RoutingState, StoredVersion, Viewer, sees
 from streams.adapters import DEFAULT_WORKSPACE, adapter_id
 from streams.deployments import Eviction, base_model_key
 
@@ -46,6 +46,7 @@ class BaseTarget:
 
     model: str
     deploy_ids: tuple[str, ...]
+    viewer: Viewer = None  # whose request: it is served only on deployments this team may call
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class AdapterTarget:
     model: str
     adapter: RegisteredAdapter
     version: int | None
+    viewer: Viewer = None  # whose request: it is served only on deployments this team may call
 
     def wanted(self) -> StoredVersion | None:
         """The version to load when none is served."""
@@ -71,19 +73,21 @@ class NotFound:
 Target = BaseTarget | AdapterTarget
 
 
-def resolve(state: RoutingState, model: str) -> Target | NotFound:
+def resolve(state: RoutingState, model: str, team: Viewer = None) -> Target | NotFound:
+    """What `model` names for `team` (None: an admin, who may call anything): another team's adapter or unshared
+    deployment does not exist for it."""
     ref = parse_model(model)
     if ref.version is None:
-        deployments = tuple(d.deploy_id for d in state.live_deployments() if d.model_name == model)
+        deployments = tuple(d.deploy_id for d in state.live_deployments(team) if d.model_name == model)
         if deployments:
-            return BaseTarget(model, deployments)
+            return BaseTarget(model, deployments, team)
     candidates = [adapter_id(DEFAULT_WORKSPACE, ref.name)]
     if "/" in ref.name:
         workspace, _, name = ref.name.partition("/")
         candidates.append(adapter_id(workspace, name))
     for candidate in candidates:
         adapter = state.adapters.get(candidate)
-        if adapter is None or adapter.deleted:
+        if adapter is None or adapter.deleted or not sees(team, adapter.team):
             continue
         if not adapter.enabled:
             return NotFound(f"the adapter {ref.name!r} is disabled")
@@ -91,7 +95,7 @@ def resolve(state: RoutingState, model: str) -> Target | NotFound:
             return NotFound(f"the adapter {ref.name!r} has no stored version {ref.version}")
         if not adapter.stored:
             return NotFound(f"the adapter {ref.name!r} has no stored version yet (it may still be fetching)")
-        return AdapterTarget(ref.name, adapter, ref.version)
+        return AdapterTarget(ref.name, adapter, ref.version, team)
     return NotFound(f"the model {model!r} does not exist")
 
 
@@ -155,7 +159,7 @@ def routes_for(state: RoutingState, target: Target, in_flight: Mapping[str, int]
 def _served(state: RoutingState, target: AdapterTarget) -> list[tuple[DeploymentView, str, int]]:
     """(deployment, served name, version) wherever a live deployment serves the target's adapter."""
     out = []
-    for deployment in state.live_deployments():
+    for deployment in state.live_deployments(target.viewer):
         for served in deployment.adapters.values():
             if served.adapter_id != target.adapter.adapter_id:
                 continue
@@ -209,6 +213,7 @@ def plan_loads(
     adapter_in_flight: Mapping[tuple[str, str], int],
     last_used: Mapping[tuple[str, str], float],
     served_name: str,
+    team: Viewer = None,
 ) -> LoadChoice:
     """Where to load `version` of an adapter, best first: live deployments of its base model with a running instance
     and adapter slots; one with a free slot before a full one, then the fewest requests in flight. A full one evicts
@@ -216,7 +221,7 @@ def plan_loads(
     by (deploy id, served name)); one whose slots hold only pinned or busy adapters is skipped, with the reason."""
     assert version.base_model is not None
     base = base_model_key(version.base_model)
-    of_base = [d for d in state.live_deployments() if base_model_key(d.base_model) == base]
+    of_base = [d for d in state.live_deployments(team) if base_model_key(d.base_model) == base]
     scored: list[tuple[tuple[float, int, str], LoadPlan]] = []
     skipped: list[str] = []
     for deployment in of_base:

@@ -49,7 +49,7 @@ from api.gateway.routing import (
     routes_for,
 )
 from api.gateway.sse import SseUsage, Usage, usage_of_body
-from api.gateway.state import RoutingState, StoredVersion
+from api.gateway.state import RoutingState, StoredVersion, Viewer
 from api.gateway.usage import UsageMeter
 from infra.engine_http import EngineBroken, EngineHttp, EngineResponse, EngineTimeout, EngineUnreachable
 from infra.kafka import make_producer, publish, stop_quietly
@@ -142,21 +142,23 @@ class Gateway:
             record = self.state.keys.get(key_id)
         if record is None or record.revoked or not hmac.compare_digest(record.key_hash, hash_key(key)):
             raise Unauthorized("invalid or revoked API key")
-        return Principal(key_id=record.key_id, name=record.name, role=record.role)
+        return Principal(key_id=record.key_id, name=record.name, role=record.role, team=record.team)
 
     # --- what is asked for ----------------------------------------------------------------------------------------
 
-    async def resolve(self, model: str) -> Target:
-        found = resolve(self.state, model)
+    async def resolve(self, model: str, principal: Principal | None = None) -> Target:
+        """What `model` names for the caller: another team's adapter or unshared deployment is not found."""
+        team = viewer(principal) if principal is not None else None
+        found = resolve(self.state, model, team)
         if isinstance(found, NotFound):
             await self.follower.fresh()  # made a moment ago?
-            found = resolve(self.state, model)
+            found = resolve(self.state, model, team)
         if isinstance(found, NotFound):
             raise ModelNotFound(found.reason, param="model")
         return found
 
-    def models(self) -> list[dict[str, Any]]:
-        return model_cards(self.state)
+    def models(self, principal: Principal | None = None) -> list[dict[str, Any]]:
+        return model_cards(self.state, viewer(principal) if principal is not None else None)
 
     async def routes(self, target: Target, principal: Principal) -> list[Route]:
         routes = routes_for(self.state, target, self.in_flight)
@@ -259,7 +261,13 @@ class Gateway:
     ) -> str:
         """Ask the best deployment(s) of the base model to serve the adapter on demand; the deploy id that took it."""
         choice = plan_loads(
-            self.state, version, self.in_flight, self.adapter_in_flight, self.last_used, served_name=served_name
+            self.state,
+            version,
+            self.in_flight,
+            self.adapter_in_flight,
+            self.last_used,
+            served_name=served_name,
+            team=target.viewer,
         )
         if choice.deployments_of_base == 0:
             raise Unavailable(
@@ -359,7 +367,7 @@ class Gateway:
         client_wants_usage = bool(stream and options and options.get("include_usage") is True)
         if stream:
             body["stream_options"] = {**(options or {}), "include_usage": True}
-        target = await self.resolve(model)
+        target = await self.resolve(model, principal)
         routes = await self.routes(target, principal)
         call = _Call(model, principal, self._base_model(target), started)
         upstream = await self._send_to_engine(path, body, routes, call)
@@ -540,3 +548,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body is a JSON object")
     return body
+
+
+def viewer(principal: Principal) -> Viewer:
+    """Whose view of the routing state a caller has: its team's, or everything (None) for an admin key."""
+    return None if principal.is_admin else principal.team

@@ -15,11 +15,20 @@ from streams import cluster
 from streams import deployments as dep
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked, Role
 from streams.artifacts import Analysis, Artifact
-from streams.envelope import Envelope, Payload
+from streams.envelope import DEFAULT_TEAM, Envelope, Payload
 
 RUNNING = "running"
 STARTING = "starting"
 FAILED = "failed"
+
+
+# Whose view of the state a request has: a team's (a user key's), or None for an admin key's, which sees everything.
+Viewer = str | None
+
+
+def sees(team: Viewer, owner: str, shared: bool = False) -> bool:
+    """Whether `team` may call something `owner` owns: its own, a shared deployment, or anything for an admin."""
+    return team is None or owner == team or shared
 
 
 @dataclass
@@ -29,6 +38,7 @@ class KeyRecord:
     role: Role
     key_hash: str
     revoked: bool = False
+    team: str = DEFAULT_TEAM
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class RegisteredAdapter:
     workspace: str
     name: str
     created: int = 0  # Unix seconds of its first request
+    team: str = DEFAULT_TEAM  # the team that owns it (streams.ownership): only that team (and admins) may call it
     api: registry.AdapterApi | None = None
     enabled: bool = True
     deleted: bool = False
@@ -130,6 +141,8 @@ class DeploymentView:
     spec: dep.DeploymentSpec
     created: int = 0  # Unix seconds
     deleted: bool = False
+    team: str = DEFAULT_TEAM  # the team that owns it; only that team (and admins) may call it, unless shared
+    shared: bool = False
     adapters: dict[str, ServedAdapter] = field(default_factory=dict)  # by served name
     instance_ids: set[str] = field(default_factory=set)
 
@@ -159,8 +172,9 @@ class RoutingState:
 
     # --- reads ----------------------------------------------------------------------------------------------------
 
-    def live_deployments(self) -> list[DeploymentView]:
-        return [d for d in self.deployments.values() if not d.deleted]
+    def live_deployments(self, team: Viewer = None) -> list[DeploymentView]:
+        """The deployments not deleted that `team` may call (None: every one, for an admin)."""
+        return [d for d in self.deployments.values() if not d.deleted and sees(team, d.team, d.shared)]
 
     def instances_of(self, deployment: DeploymentView) -> list[EngineInstance]:
         return [self.instances[i] for i in sorted(deployment.instance_ids) if i in self.instances]
@@ -185,7 +199,7 @@ class RoutingState:
     def _key_created(self, event: Envelope) -> None:
         p = event.payload
         assert isinstance(p, ApiKeyCreated)
-        self.keys[p.key_id] = KeyRecord(p.key_id, p.name, p.role, p.key_hash)
+        self.keys[p.key_id] = KeyRecord(p.key_id, p.name, p.role, p.key_hash, team=p.team)
 
     def _key_revoked(self, event: Envelope) -> None:
         p = event.payload
@@ -202,7 +216,9 @@ class RoutingState:
         adapter = self._adapter(event)
         if adapter is None or adapter.deleted:
             created = int(event.occurred_at.timestamp())
-            adapter = self.adapters[event.aggregate_id] = RegisteredAdapter(p.spec.workspace, p.spec.name, created)
+            adapter = self.adapters[event.aggregate_id] = RegisteredAdapter(
+                p.spec.workspace, p.spec.name, created, team=event.actor.team
+            )
         adapter.api = p.spec.api
         adapter.enabled = p.spec.enabled
         adapter.requested[p.version] = p.spec
@@ -236,7 +252,9 @@ class RoutingState:
         assert isinstance(p, dep.DeploymentCreated)
         mine = {i.instance_id for i in self.instances.values() if i.deploy_id == event.aggregate_id}
         created = int(event.occurred_at.timestamp())
-        self.deployments[event.aggregate_id] = DeploymentView(event.aggregate_id, p.spec, created, instance_ids=mine)
+        self.deployments[event.aggregate_id] = DeploymentView(
+            event.aggregate_id, p.spec, created, team=event.actor.team, shared=p.shared, instance_ids=mine
+        )
 
     def _deployment_deleted(self, event: Envelope) -> None:
         if (deployment := self._deployment(event)) is not None:

@@ -27,7 +27,7 @@ from api.lora_files.schemas import (
     LoraPathRequest,
     LoraUploadResponse,
 )
-from api.params import Page, PageSize, Wait
+from api.params import Page, PageSize, TeamFilter, Wait
 from api.readmodel import lora_file_queries as files
 from api.schemas import Pagination
 from api.uploads import UPLOAD_ROUTE_OPTIONS, StagedFile, stage_upload
@@ -185,12 +185,14 @@ async def list_lora(
     entity_type: FromQuery[EntityType | None] = None,
     page: Page = 1,
     page_size: PageSize = 100,
+    team: TeamFilter = None,
 ) -> LoraFileList:
     rows, total = await files.list_stored(
         state.engine,
         entity_type=entity_type.value if entity_type else None,
         offset=(page - 1) * page_size,
         limit=page_size,
+        team=team,
     )
     return LoraFileList(
         data=[LoraFileItem.from_row(r) for r in rows],

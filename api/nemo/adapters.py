@@ -22,9 +22,10 @@ from api.deployments.adapters import release_before_delete
 from api.errors import NotFound, Unprocessable
 from api.nemo.paths import paths
 from api.nemo.schemas import AdapterCreate, AdapterPatch, NemoAdapter, NemoAdapterList
-from api.params import Force, Page, PageSize, Wait
+from api.params import Force, Page, PageSize, TeamFilter, Wait
 from api.readmodel import nemo_queries, queries
 from api.schemas import Pagination
+from api.teams import NEMO_ADAPTER, WORKSPACE, owns, require, scope
 from streams.adapters import (
     TERMINAL_STATUSES,
     AdapterApi,
@@ -48,7 +49,10 @@ NEMO = AdapterApi.NEMO.value
     status_code=201,
     tags=TAGS,
     summary="Create an adapter from a fileset (seed 002)",
-    opt=answers(s202="The adapter as it stands while it is validated (`Location` to GET it)"),
+    opt={
+        **owns(WORKSPACE),
+        **answers(s202="The adapter as it stands while it is validated (`Location` to GET it)"),
+    },
 )
 async def create_adapter(
     workspace: FromPath[str],
@@ -61,6 +65,7 @@ async def create_adapter(
     budget = bus.budget(wait)
     await require_workspace(state, workspace)
     fileset_workspace, _, fileset_name = data.fileset.partition("/")
+    await require(state.engine, request.user, "fileset", data.fileset, ["body", "fileset"])
     files = await nemo_queries.list_fileset_files(state.engine, fileset_workspace, fileset_name)
     if not any(f["status"] == "stored" for f in files):
         raise Unprocessable(
@@ -103,9 +108,10 @@ async def create_adapter(
     return Response(body, status_code=201 if version is not None else 202, headers={"Location": location})
 
 
-@get(paths("/adapters"), tags=TAGS, summary="List the adapters of a workspace")
+@get(paths("/adapters"), tags=TAGS, summary="List the adapters of a workspace", opt=owns(WORKSPACE))
 async def list_adapters(
     workspace: FromPath[str],
+    request: Request[Principal, str, State],
     state: State,
     page: Page = 1,
     page_size: PageSize = 100,
@@ -118,10 +124,14 @@ async def list_adapters(
     ] = None,
     model: Annotated[str | None, Parameter(description="Base model reference, exactly")] = None,
     enabled: FromQuery[bool | None] = None,
+    team: TeamFilter = None,
 ) -> NemoAdapterList:
     await require_workspace(state, workspace)
     wanted_type = _finetuning_type(finetuning_type) if finetuning_type is not None else None
-    adapters = [NemoAdapter.from_row(r) for r in await nemo_queries.list_adapters(state.engine, workspace, NEMO)]
+    adapters = [
+        NemoAdapter.from_row(r)
+        for r in await nemo_queries.list_adapters(state.engine, workspace, NEMO, scope(request.user, team))
+    ]
     adapters = [
         a
         for a in adapters
@@ -143,13 +153,19 @@ async def list_adapters(
     )
 
 
-@get(paths("/adapters/{name:str}"), tags=TAGS, summary="Get an adapter")
+@get(paths("/adapters/{name:str}"), tags=TAGS, summary="Get an adapter", opt=owns(WORKSPACE, NEMO_ADAPTER))
 async def get_adapter(workspace: FromPath[str], name: FromPath[str], state: State) -> NemoAdapter:
     await require_workspace(state, workspace)
     return await _adapter(state, workspace, name)
 
 
-@patch(paths("/adapters/{name:str}"), status_code=200, tags=TAGS, summary="Update description, enabled, lora_config")
+@patch(
+    paths("/adapters/{name:str}"),
+    status_code=200,
+    tags=TAGS,
+    summary="Update description, enabled, lora_config",
+    opt=owns(WORKSPACE, NEMO_ADAPTER),
+)
 async def update_adapter(
     workspace: FromPath[str],
     name: FromPath[str],
@@ -172,7 +188,13 @@ async def update_adapter(
     return Response((await _adapter(state, workspace, name)).model_dump(mode="json"), status_code=200)
 
 
-@delete(paths("/adapters/{name:str}"), status_code=202, tags=TAGS, summary="Delete an adapter (204 with ?wait=)")
+@delete(
+    paths("/adapters/{name:str}"),
+    status_code=202,
+    tags=TAGS,
+    summary="Delete an adapter (204 with ?wait=)",
+    opt=owns(WORKSPACE, NEMO_ADAPTER),
+)
 async def delete_adapter(
     workspace: FromPath[str],
     name: FromPath[str],

@@ -24,6 +24,7 @@ from api.nemo.paths import paths
 from api.nemo.schemas import Fileset, FilesetFile
 from api.params import Wait
 from api.readmodel import nemo_queries
+from api.teams import FILESET, WORKSPACE, owns
 from api.uploads import UPLOAD_ROUTE_OPTIONS, stage_upload
 from streams.filesets import AddFilesetFile, fileset_id
 from streams.names import name_problem
@@ -50,7 +51,10 @@ def fileset_path_problem(filename: str) -> str | None:
     status_code=201,
     tags=TAGS,
     summary="Upload a file into a fileset",
-    opt=answers(s202="The file as it stands, staged, when `?wait=` ran out before it was stored"),
+    opt={
+        **owns(WORKSPACE, FILESET),
+        **answers(s202="The file as it stands, staged, when `?wait=` ran out before it was stored"),
+    },
     **UPLOAD_ROUTE_OPTIONS,
 )
 async def upload_fileset_file(
@@ -112,7 +116,7 @@ async def upload_fileset_file(
     return Response(body, status_code=status, headers={"Location": location})
 
 
-@get(paths("/filesets/{fileset:str}"), tags=TAGS, summary="List a fileset's files")
+@get(paths("/filesets/{fileset:str}"), tags=TAGS, summary="List a fileset's files", opt=owns(WORKSPACE, FILESET))
 async def get_fileset(workspace: FromPath[str], fileset: FromPath[str], state: State) -> Fileset:
     await require_workspace(state, workspace)
     rows = await nemo_queries.list_fileset_files(state.engine, workspace, fileset)

@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.readmodel.tables import adapter_versions, adapters
+from api.readmodel.queries import owned_by
+from api.readmodel.tables import ADAPTER_ID, adapter_versions, adapters
 from streams.adapters import AdapterStatus
 
 Row = dict[str, Any]
@@ -53,13 +54,17 @@ async def get_adapter(engine: AsyncEngine, workspace: str, name: str) -> Row | N
         return dict(row) if row else None
 
 
-async def list_adapters(engine: AsyncEngine, workspace: str, *, offset: int, limit: int) -> tuple[list[Row], int]:
+async def list_adapters(
+    engine: AsyncEngine, workspace: str, *, offset: int, limit: int, team: str | None = None
+) -> tuple[list[Row], int]:
+    """A page of `workspace`'s adapters owned by `team` (None: any team), and how many there are."""
+    scoped = (adapters.c.workspace == workspace, owned_by("adapter", ADAPTER_ID, team))
     async with engine.connect() as conn:
-        total = await conn.scalar(select(func.count()).select_from(adapters).where(adapters.c.workspace == workspace))
+        total = await conn.scalar(select(func.count()).select_from(adapters).where(*scoped))
         rows = await conn.execute(
             select(*_latest_columns())
             .select_from(_latest_join())
-            .where(adapters.c.workspace == workspace)
+            .where(*scoped)
             .order_by(adapters.c.created_at, adapters.c.name)
             .offset(offset)
             .limit(limit)

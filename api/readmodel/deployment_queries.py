@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from api.readmodel.queries import owned_by
 from api.readmodel.tables import (
     adapter_checks,
     cluster_nodes,
@@ -85,15 +86,19 @@ async def get_deployment(engine: AsyncEngine, deploy_id: str) -> tuple[Row, list
         return with_adapters, (await _instances(conn, [deploy_id]))[deploy_id]
 
 
-async def list_deployments(engine: AsyncEngine) -> list[tuple[Row, list[Row]]]:
-    """Every deployment not deleted, oldest first, with its instances."""
+async def list_deployments(engine: AsyncEngine, team: str | None = None) -> list[tuple[Row, list[Row]]]:
+    """Every deployment not deleted (that `team` owns or any team shares; None: any team's), oldest first, with its
+    instances."""
     async with engine.connect() as conn:
         rows = [
             dict(r)
             for r in (
                 await conn.execute(
                     select(deployments)
-                    .where(deployments.c.deleted.is_(False))
+                    .where(
+                        deployments.c.deleted.is_(False),
+                        owned_by("deployment", deployments.c.deploy_id, team, shared_too=True),
+                    )
                     .order_by(deployments.c.created_at, deployments.c.deploy_id)
                 )
             ).mappings()

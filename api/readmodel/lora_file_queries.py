@@ -34,11 +34,13 @@ async def binned_by_command(engine: AsyncEngine, command_id: str) -> Row | None:
 
 
 async def list_stored(
-    engine: AsyncEngine, *, entity_type: str | None, offset: int, limit: int
+    engine: AsyncEngine, *, entity_type: str | None, offset: int, limit: int, team: str | None = None
 ) -> tuple[list[Row], int]:
     where = [lora_files.c.status == STORED]
     if entity_type is not None:
         where.append(lora_files.c.entity_type == entity_type)
+    if team is not None:
+        where.append(lora_files.c.team == team)
     async with engine.connect() as conn:
         total = await conn.scalar(select(func.count()).select_from(lora_files).where(*where)) or 0
         rows = await conn.execute(

@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.readmodel.tables import adapter_versions, adapters, fileset_files
+from api.readmodel.queries import owned_by
+from api.readmodel.tables import ADAPTER_ID, adapter_versions, adapters, fileset_files
 
 Row = dict[str, Any]
 
@@ -38,11 +39,12 @@ async def get_adapter(engine: AsyncEngine, workspace: str, name: str, api: str |
         return dict(row) if row else None
 
 
-async def list_adapters(engine: AsyncEngine, workspace: str, api: str) -> list[Row]:
-    """Every adapter of `workspace` registered through `api`, oldest first (filters are applied by the caller)."""
-    statement = _ADAPTER_WITH_LATEST.where(adapters.c.workspace == workspace, adapters.c.api == api).order_by(
-        adapters.c.created_at, adapters.c.name
-    )
+async def list_adapters(engine: AsyncEngine, workspace: str, api: str, team: str | None = None) -> list[Row]:
+    """Every adapter of `workspace` registered through `api` (and owned by `team`, None: any team), oldest first
+    (filters are applied by the caller)."""
+    statement = _ADAPTER_WITH_LATEST.where(
+        adapters.c.workspace == workspace, adapters.c.api == api, owned_by("adapter", ADAPTER_ID, team)
+    ).order_by(adapters.c.created_at, adapters.c.name)
     async with engine.connect() as conn:
         return [dict(r) for r in (await conn.execute(statement)).mappings()]
 

@@ -11,11 +11,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from api.readmodel.deployment_projections import DEPLOYMENT_PROJECTIONS
 from api.readmodel.registry_projections import REGISTRY_PROJECTIONS
-from api.readmodel.tables import api_keys, command_outcomes, workspaces
+from api.readmodel.tables import api_keys, command_outcomes, owners, workspaces
 from api.readmodel.usage_projections import USAGE_BATCH_PROJECTIONS, USAGE_PROJECTIONS
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked
 from streams.envelope import Envelope
 from streams.outcomes import CommandRejected
+from streams.ownership import CREATED_BY, ENDED_BY, owner_after
+from streams.usage import AGGREGATE as USAGE
 from streams.workspaces import WorkspaceCreated, WorkspaceDeleted
 
 Projection = Callable[[Connection, Envelope], None]
@@ -54,6 +56,7 @@ def _api_key_created(conn: Connection, event: Envelope) -> None:
             key_id=payload.key_id,
             name=payload.name,
             role=payload.role.value,
+            team=payload.team,
             key_hash=payload.key_hash,
             version=event.aggregate_version,
             created_at=event.occurred_at,
@@ -83,8 +86,31 @@ PROJECTIONS: dict[str, Projection] = {
     **DEPLOYMENT_PROJECTIONS,
     **USAGE_PROJECTIONS,
 }
+# Event types that change who owns an aggregate (project_owner).
+OWNERSHIP_EVENTS = CREATED_BY | ENDED_BY
 # Event types whose rows no other event touches: a batch's events of such a type are projected together at its end.
 BATCH_PROJECTIONS: dict[str, Callable[[Connection, list[Envelope]], None]] = {**USAGE_BATCH_PROJECTIONS}
+
+
+def project_owner(conn: Connection, event: Envelope) -> None:
+    """The `owners` row of the event's aggregate, as streams.ownership.owner_after folds it (usage rows carry their
+    team themselves)."""
+    if event.aggregate_type == USAGE:
+        return
+    key = (owners.c.aggregate_type == event.aggregate_type, owners.c.aggregate_id == event.aggregate_id)
+    current = conn.scalar(select(owners.c.team).where(*key))
+    after = owner_after(current, event)
+    if after == current:
+        return
+    if current is not None:
+        conn.execute(delete(owners).where(*key))
+    if after is not None:
+        shared = bool(getattr(event.payload, "shared", False))
+        conn.execute(
+            insert(owners).values(
+                aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id, team=after, shared=shared
+            )
+        )
 
 
 def outcome_row(event: Envelope) -> dict[str, Any]:
@@ -92,6 +118,7 @@ def outcome_row(event: Envelope) -> dict[str, Any]:
     rejection = event.payload if isinstance(event.payload, CommandRejected) else None
     return {
         "command_id": event.command_id,
+        "team": event.actor.team,
         "status": "rejected" if rejection else "succeeded",
         "event_type": event.type,
         "aggregate_type": event.aggregate_type,

@@ -13,7 +13,14 @@ from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.readmodel.database import sqlite_writer
-from api.readmodel.projections import BATCH_PROJECTIONS, PROJECTIONS, outcome_row, record_outcomes
+from api.readmodel.projections import (
+    BATCH_PROJECTIONS,
+    OWNERSHIP_EVENTS,
+    PROJECTIONS,
+    outcome_row,
+    project_owner,
+    record_outcomes,
+)
 from api.readmodel.tables import projection_offsets
 from streams.envelope import Envelope
 from streams.serialization import MessageDecodeError, decode
@@ -99,6 +106,8 @@ def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
         except MessageDecodeError as exc:
             log.error("skipping unreadable event at %s:%d: %s", *key, record.offset, exc)
             continue
+        if event.type in OWNERSHIP_EVENTS:
+            project_owner(conn, event)
         if event.type in BATCH_PROJECTIONS:
             batched.setdefault(event.type, []).append(event)
         elif (projection := PROJECTIONS.get(event.type)) is not None:

@@ -178,6 +178,7 @@ def lora_file_reserved(conn: Connection, event: Envelope) -> None:
             "uploaded_at": event.occurred_at,
             "updated_at": event.occurred_at,
             **_creator(event, "uploader"),
+            "team": event.actor.team,
         },
     )
 
@@ -218,6 +219,7 @@ def lora_file_binned(conn: Connection, event: Envelope) -> None:
                 uploaded_at=row["uploaded_at"],
                 binned_at=event.occurred_at,
                 correlation_id=event.correlation_id,
+                team=row["team"],
             )
         )
     conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
@@ -245,6 +247,7 @@ def lora_file_restored(conn: Connection, event: Envelope) -> None:
             uploaded_at=row["uploaded_at"],
             updated_at=event.occurred_at,
             **_creator(event, "uploader"),
+            team=row["team"],  # the team that uploaded it, not the admin who restored it
         )
     )
     conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))

@@ -62,6 +62,7 @@ api_keys = Table(
     Column("key_id", String(64), primary_key=True),
     Column("name", String(255), nullable=False),
     Column("role", String(16), nullable=False),
+    Column("team", String(255), nullable=False, index=True),
     Column("key_hash", String(64), nullable=False),
     Column("version", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -70,11 +71,23 @@ api_keys = Table(
     Column("creator_name", String(255), nullable=False),
 )
 
+# The team that owns each aggregate, folded by the rule the agents use (streams.ownership): what api.teams checks.
+owners = Table(
+    "owners",
+    metadata,
+    Column("aggregate_type", String(64), primary_key=True),
+    Column("aggregate_id", String(600), primary_key=True),
+    Column("team", String(255), nullable=False, index=True),
+    # A shared deployment: every team may call it and serve its adapters on it (streams.deployments.CreateDeployment)
+    Column("shared", Boolean, nullable=False, default=False),
+)
+
 # What became of each command: the answer to `?wait=` and to GET /v2/commands/{id}.
 command_outcomes = Table(
     "command_outcomes",
     metadata,
     Column("command_id", String(64), primary_key=True),
+    Column("team", String(255), nullable=False),  # of the actor that sent it: only that team may ask
     Column("status", String(16), nullable=False),  # succeeded | rejected
     Column("event_type", String(128), nullable=False),
     Column("aggregate_type", String(64), nullable=False),
@@ -105,6 +118,9 @@ adapters = Table(
     Column("creator_id", String(255), nullable=False),
     Column("creator_name", String(255), nullable=False),
 )
+
+# The adapter's aggregate id (streams.adapters.adapter_id) as an SQL expression, to match it with `owners`.
+ADAPTER_ID = adapters.c.workspace + "/" + adapters.c.name
 
 adapter_versions = Table(
     "adapter_versions",
@@ -149,6 +165,7 @@ lora_files = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("uploader_id", String(255), nullable=False),
     Column("uploader_name", String(255), nullable=False),
+    Column("team", String(255), nullable=False, index=True),  # the uploader's
 )
 
 lora_bin = Table(
@@ -165,6 +182,7 @@ lora_bin = Table(
     Column("uploaded_at", UTCDateTime(), nullable=False),
     Column("binned_at", UTCDateTime(), nullable=False),
     Column("correlation_id", String(64), nullable=False, index=True),  # of the delete that binned it
+    Column("team", String(255), nullable=False),  # the uploader's
 )
 
 fileset_files = Table(
@@ -275,6 +293,7 @@ usage_rows = Table(
     Column("row", Integer, primary_key=True),
     Column("minute", UTCDateTime(), nullable=False, index=True),
     Column("api_key_id", String(64), nullable=False, index=True),
+    Column("team", String(255), nullable=False, index=True),  # the key's team (the actor's on the event)
     Column("model", String(512), nullable=False),
     Column("base_model", String(255)),
     Column("requests", Integer, nullable=False),

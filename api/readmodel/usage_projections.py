@@ -34,6 +34,7 @@ def _rows(event: Envelope) -> list[dict[str, Any]]:
             "row": index,
             "minute": row.minute,
             "api_key_id": payload.api_key_id,
+            "team": event.actor.team,
             "model": row.model,
             "base_model": row.base_model,
             "requests": row.requests,

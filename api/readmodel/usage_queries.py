@@ -11,14 +11,18 @@ from api.readmodel.tables import usage_rows
 from api.usage.buckets import UsageRecord
 
 
-async def usage_records(engine: AsyncEngine, start: int, end: int, api_key_id: str | None) -> list[UsageRecord]:
-    """The rows of minutes in [start, end) (Unix seconds), of one API key when it is given."""
+async def usage_records(
+    engine: AsyncEngine, start: int, end: int, api_key_id: str | None, team: str | None = None
+) -> list[UsageRecord]:
+    """The rows of minutes in [start, end) (Unix seconds), of one API key and of one team when they are given."""
     statement = select(usage_rows).where(
         usage_rows.c.minute >= datetime.fromtimestamp(start, UTC),
         usage_rows.c.minute < datetime.fromtimestamp(end, UTC),
     )
     if api_key_id is not None:
         statement = statement.where(usage_rows.c.api_key_id == api_key_id)
+    if team is not None:
+        statement = statement.where(usage_rows.c.team == team)
     async with engine.connect() as conn:
         rows = (await conn.execute(statement)).mappings().all()
     return [

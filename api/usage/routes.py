@@ -13,14 +13,18 @@ from litestar.params import Parameter, QueryParameter
 
 from api.auth import Principal
 from api.errors import Unprocessable
+from api.params import TeamFilter
 from api.readmodel.usage_queries import usage_records
+from api.teams import scope
 from api.usage.buckets import DEFAULT_BUCKETS, MAX_BUCKETS, SECONDS, BucketWidth, GroupBy, bucket_usage, span
 from api.usage.schemas import UsageBucket, UsagePage, UsageResult
 from infra.settings import Settings
 from streams.api_keys import Role
 
 # Documented as what a client can rely on: whole seconds, or an RFC 3339 time (ISO 8601 forms beyond it are taken too).
-_MOMENT_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^([0-9]{1,11})?$"}, {"type": "string", "format": "date-time"}]}
+_MOMENT_SCHEMA = {
+    "anyOf": [{"type": "string", "pattern": "^([0-9]{1,11})?$"}, {"type": "string", "format": "date-time"}]
+}
 Moment = Annotated[
     str | None,
     Parameter(description="Unix seconds or ISO 8601 (UTC when no zone is given)", schema_extra=_MOMENT_SCHEMA),
@@ -63,6 +67,7 @@ async def get_usage(
     ] = None,
     to: Moment = None,
     api_key_id: Annotated[str | None, Parameter(description="Admin keys: only this key's usage")] = None,
+    team: TeamFilter = None,
 ) -> UsagePage:
     principal = request.user
     end = _moment(to, "to") or int(time.time()) + 1
@@ -81,7 +86,7 @@ async def get_usage(
         if api_key_id not in (None, principal.key_id):
             raise Unprocessable("a user key sees its own usage only", loc=["query", "api_key_id"])
         api_key_id = principal.key_id
-    records = await usage_records(state.engine, aligned_start, aligned_end, api_key_id)
+    records = await usage_records(state.engine, aligned_start, aligned_end, api_key_id, scope(principal, team))
     settings: Settings = state.settings
     buckets = bucket_usage(
         records,

@@ -13,9 +13,10 @@ from litestar.params import FromPath, JSONBody
 from api.auth import Principal
 from api.commands import CommandBus
 from api.errors import NotFound
-from api.params import Page, PageSize, Wait
+from api.params import Page, PageSize, TeamFilter, Wait
 from api.readmodel import queries
 from api.schemas import Pagination
+from api.teams import WORKSPACE_NAME, owns, scope
 from api.workspaces.schemas import Workspace, WorkspaceCreate, WorkspaceList
 from streams.workspaces import CreateWorkspace, DeleteWorkspace
 
@@ -44,8 +45,17 @@ class WorkspaceController(Controller):
         return Response(await _workspace(state, data.name), status_code=201)
 
     @get("/", summary="List workspaces")
-    async def list_workspaces(self, state: State, page: Page = 1, page_size: PageSize = 100) -> WorkspaceList:
-        rows, total = await queries.list_workspaces(state.engine, offset=(page - 1) * page_size, limit=page_size)
+    async def list_workspaces(
+        self,
+        request: Request[Principal, str, State],
+        state: State,
+        page: Page = 1,
+        page_size: PageSize = 100,
+        team: TeamFilter = None,
+    ) -> WorkspaceList:
+        rows, total = await queries.list_workspaces(
+            state.engine, offset=(page - 1) * page_size, limit=page_size, team=scope(request.user, team)
+        )
         return WorkspaceList(
             data=[Workspace.from_row(r) for r in rows],
             pagination=Pagination(
@@ -57,11 +67,16 @@ class WorkspaceController(Controller):
             ),
         )
 
-    @get("/{name:str}", summary="Get a workspace")
+    @get("/{name:str}", summary="Get a workspace", opt=owns(WORKSPACE_NAME))
     async def get_workspace(self, name: FromPath[str], state: State) -> Workspace:
         return await _workspace(state, name)
 
-    @delete("/{name:str}", status_code=202, summary="Delete a workspace (204 once done, with ?wait=)")
+    @delete(
+        "/{name:str}",
+        status_code=202,
+        summary="Delete a workspace (204 once done, with ?wait=)",
+        opt=owns(WORKSPACE_NAME),
+    )
     async def delete_workspace(
         self,
         name: FromPath[str],
