@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.schemas import JsonInt
+from api.schemas import JsonBool, JsonInt
 from streams.deployments import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_LORA_RANK,
@@ -74,7 +74,7 @@ class DeployLLMIn(BaseModel):
     settings: ScaleSettings | None = None
     extra_args: list[str] | None = Field(None, max_length=64, description="Checked against vLLM's allowlist")
     lora: LoraSettings | None = Field(None, description="Extension: adapter slots (default 4 adapters, rank 64)")
-    shared: bool = Field(
+    shared: JsonBool = Field(
         False, description="Extension, admin keys only: every team may call it and serve its own adapters on it"
     )
 
