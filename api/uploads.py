@@ -24,7 +24,7 @@ from litestar import Request, Response
 from minio import Minio
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
-from api.errors import ApiError, Unprocessable, error_response
+from api.errors import ApiError, Unavailable, Unprocessable, error_response
 from infra.s3_objects import remove_quietly
 
 STAGING_PREFIX = "staging/"
@@ -59,8 +59,7 @@ UPLOAD_ROUTE_OPTIONS: dict[str, Any] = {
 }
 
 
-class StorageUnavailable(ApiError):
-    status_code = 503
+class StorageUnavailable(Unavailable):
     error_type = "storage_unavailable"
 
 
