@@ -1,11 +1,13 @@
-"""Faults against a real stack of its own (issue 11). One extra stack serves the whole module; the tests run in
-file order. Each test prints what it measured (`pytest -s` shows it).
+"""Faults against a real stack of its own (issue 11): the broker stalled and killed, the read model's database
+deleted while the stack is stopped. One extra stack serves the whole module; the tests run in file order and the
+last one restarts it. Each test prints what it measured (`pytest -s` shows it).
 
 The session stack is never touched: these tests stop and kill its broker and its API.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import time
@@ -13,13 +15,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 import streams.catalog  # noqa: F401
+from streams.envelope import Actor, ActorType
+from streams.serialization import encode, envelope_for, key_for
+from streams.workspaces import CreateWorkspace
 from tests.services import external_services
-from tests.support import Api, Stack, start_stack, stop_stack, wait_until
+from tests.support import Api, Stack, events, produced, start_stack, stop_stack, wait_until
 
 FAULT_STACK_ENV = {"LORAPLANE_NODE": "off"}
 IN_FLIGHT = 1000
@@ -115,3 +121,111 @@ def test_writes_answer_503_quickly_while_the_broker_is_stalled_and_reads_go_on(c
     status = client.get(command_url)
     assert status.status_code == 200
     print(f"the unacknowledged command ended {status.json()['status']}")
+
+
+def test_broker_killed_with_a_thousand_commands_in_flight(client: Api, running: Running) -> None:
+    stack = running.stack
+    prefix = f"inflight-{uuid.uuid4().hex[:6]}"
+    actor = Actor(type=ActorType.SYSTEM, id="test", name="fault-test")
+    commands = [
+        envelope_for(CreateWorkspace(name=f"{prefix}-{i}"), aggregate_id=f"{prefix}-{i}", actor=actor)
+        for i in range(IN_FLIGHT)
+    ]
+    with produced(stack.bootstrap) as producer:
+        producer.send_many("loraplane.commands", [(key_for(c), encode(c)) for c in commands])
+
+    wait_until(
+        lambda: client.get(f"/v2/commands/{commands[10].command_id}").json()["status"] != "pending",
+        timeout=60,
+        interval=0.02,
+        message="the worker to start on the commands",
+    )
+    # Just before the kill: how many of the last commands sent are still undecided (the worker takes them in rounds).
+    tail = commands[-50:]
+    undecided = sum(1 for c in tail if client.get(f"/v2/commands/{c.command_id}").json()["status"] == "pending")
+    killed_at = time.monotonic()
+    tansu = _signal_child(stack, "tansu", signal.SIGKILL)
+    # While it is down and starting again: writes answer quickly, 503 or (once it is back) 202; never 500.
+    during: list[tuple[int, float]] = []
+    while stack.pids().get("tansu") in (None, tansu):
+        answer, seconds = _timed_write(client, f"{prefix}-during-{len(during)}")
+        during.append((answer.status_code, seconds))
+    # It restarts within a second: hold the new one stopped for a while, so the outage is long enough to be felt.
+    restarted = _signal_child(stack, "tansu", signal.SIGSTOP)
+    try:
+        held: list[tuple[int, float]] = []
+        for i in range(3):
+            answer, seconds = _timed_write(client, f"{prefix}-held-{i}")
+            held.append((answer.status_code, seconds))
+        read = client.get(f"/v2/commands/{commands[0].command_id}")
+    finally:
+        os.killpg(restarted, signal.SIGCONT)
+    assert [code for code, _ in held] == [503, 503, 503], held
+    assert read.status_code == 200 and read.json()["status"] == "succeeded"
+
+    wanted = {c.command_id for c in commands}
+
+    def outcomes() -> int:
+        return sum(
+            1
+            for e in events(stack)
+            if e["aggregate_id"].startswith(f"{prefix}-") and "-during-" not in e["aggregate_id"]
+        )
+
+    wait_until(lambda: outcomes() >= IN_FLIGHT, timeout=300, interval=1, message="every command's outcome")
+    recovered_s = time.monotonic() - killed_at
+    mine = [e for e in events(stack) if e["command_id"] in wanted]
+    per_command = collections.Counter(e["command_id"] for e in mine)
+    print(
+        f"\nbroker SIGKILLed with {undecided} of the last 50 of {IN_FLIGHT} commands undecided; every outcome "
+        f"{recovered_s:.1f} s after the kill; writes while it restarted: {_rounded(during)}, "
+        f"while held stopped: {_rounded(held)}"
+    )
+    assert undecided > 0, "the worker had decided everything before the kill: the test proves nothing"
+    assert set(per_command) == {c.command_id for c in commands}, "a command was lost"
+    assert set(per_command.values()) == {1}, "a command was applied twice"
+    assert {e["type"] for e in mine} == {"workspace.created"}
+    assert all(code in (202, 503) for code, _ in during + held), during
+    assert all(seconds < UNAVAILABLE_WITHIN_S for _, seconds in during + held), during
+    # every status the API answers agrees with the log
+    for command in commands[:: IN_FLIGHT // 50]:
+        assert client.get(f"/v2/commands/{command.command_id}").json()["status"] == "succeeded"
+
+
+def _rounded(answers: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(code, round(seconds, 2)) for code, seconds in answers]
+
+
+def _all_workspaces(client: Api) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    page = 1
+    while batch := client.get("/v2/workspaces", params={"page": page, "page_size": 1000}).json()["data"]:
+        out += batch
+        page += 1
+    return out
+
+
+def test_the_read_model_deleted_while_stopped_is_rebuilt_by_replay_at_start(running: Running) -> None:
+    with Api(running.stack, running.key) as client:
+        before = _all_workspaces(client)
+    assert len(before) >= IN_FLIGHT
+    left = stop_stack(running.stack)
+    assert not left, f"processes left behind: {left}"
+    databases = list(running.data_dir.glob("readmodel.db*"))
+    assert databases, "no read-model database to delete"
+    for path in databases:
+        path.unlink()
+
+    began = time.monotonic()
+    running.stack = start_stack(running.data_dir, extra_env=FAULT_STACK_ENV)
+    ready_s = time.monotonic() - began
+    with Api(running.stack, running.key) as client:
+        # the key itself is in the read model only through the replay
+        wait_until(lambda: client.get("/v2/workspaces").status_code == 200, timeout=120, message="the key replayed")
+        wait_until(lambda: len(_all_workspaces(client)) >= len(before), timeout=300, interval=1, message="the replay")
+        rebuilt_s = time.monotonic() - began
+        after = _all_workspaces(client)
+    print(
+        f"\nread model rebuilt: ready {ready_s:.1f} s, {len(after)} workspaces back {rebuilt_s:.1f} s after the start"
+    )
+    assert after == before
