@@ -26,8 +26,8 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
 from api.errors import ApiError, Unavailable, Unprocessable, error_response
 from infra.s3_objects import remove_quietly
+from infra.staging import STAGING_PREFIX
 
-STAGING_PREFIX = "staging/"
 PART_SIZE = 6 * 1024 * 1024  # one S3 part (the minimum is 5 MiB); about 3 are in memory at once
 BLOCK_SIZE = 1024 * 1024  # what the request side hands the upload thread at a time
 QUEUE_BLOCKS = 4  # blocks waiting for the upload thread: the request side's read-ahead

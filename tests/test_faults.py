@@ -10,25 +10,39 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 import streams.catalog  # noqa: F401
+from infra.s3 import make_client
+from infra.settings import Settings
 from streams.envelope import Actor, ActorType
+from streams.naming import MAX_UPLOAD_BYTES
 from streams.serialization import encode, envelope_for, key_for
 from streams.workspaces import CreateWorkspace
+from tests.artifacts import large_kohya_lora
 from tests.services import external_services
 from tests.support import Api, Stack, events, produced, start_stack, stop_stack, wait_until
 
-FAULT_STACK_ENV = {"LORAPLANE_NODE": "off"}
+FAULT_STACK_ENV = {
+    "LORAPLANE_NODE": "off",
+    # The staging sweep runs often and takes an upload unfinished for 10 s for abandoned (an hour by default).
+    "LORAPLANE_STAGING_SWEEP_EVERY_S": "2",
+    "LORAPLANE_STAGING_ABANDONED_UPLOAD_S": "10",
+}
 IN_FLIGHT = 1000
+MiB = 1024 * 1024
+BOUNDARY = "lp-fault-boundary"
+KILL_AFTER_BYTES = 60 * MiB  # of a 500 MB upload: several parts on S3 already
 # The issue's bound for a write while the broker is down is 2 s; asserted with room for a loaded machine.
 UNAVAILABLE_WITHIN_S = 5.0
 
@@ -190,6 +204,68 @@ def test_broker_killed_with_a_thousand_commands_in_flight(client: Api, running: 
     # every status the API answers agrees with the log
     for command in commands[:: IN_FLIGHT // 50]:
         assert client.get(f"/v2/commands/{command.command_id}").json()["status"] == "succeeded"
+
+
+def _staging(stack: Stack) -> tuple[list[str], list[str]]:
+    """What is under `staging/` in the stack's bucket: objects, and multipart uploads never completed."""
+    env = stack.cli_env()
+    s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
+    bucket = env.get("S3_BUCKET", "loraplane")
+    objects = [o.object_name or "" for o in s3.list_objects(bucket, prefix="staging/", recursive=True)]
+    uploads = [u.object_name for u in s3._list_multipart_uploads(bucket, prefix="staging/").uploads]
+    return objects, uploads
+
+
+def test_an_api_killed_during_a_500_mb_upload_leaves_nothing_staged_after_the_sweep(running: Running) -> None:
+    stack = running.stack
+    url = urlsplit(stack.api_url)
+    api = stack.pids()["api"]
+    sent = 0
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(
+            (
+                f"POST /api/v1/admin/lora/upload HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {running.key}\r\n"
+                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
+        for piece in _upload_body(MAX_UPLOAD_BYTES - MiB):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sent += len(piece)
+            if sent >= KILL_AFTER_BYTES:
+                break
+        # parts of it are on S3 by now, in a multipart upload the API has not completed
+        wait_until(lambda: _staging(stack)[1], timeout=30, message="the upload's parts on S3")
+        killed_at = time.monotonic()
+        os.killpg(api, signal.SIGKILL)
+    left_by_the_kill = _staging(stack)
+    assert left_by_the_kill[1], "the kill left no unfinished upload: the test proves nothing"
+
+    wait_until(lambda: stack.pids().get("api") not in (None, api), timeout=60, message="the API restarted")
+    wait_until(lambda: _staging(stack) == ([], []), timeout=90, interval=1, message="the staging sweep")
+    swept_s = time.monotonic() - killed_at
+    print(
+        f"\nAPI SIGKILLed after {sent // MiB} MiB of a {MAX_UPLOAD_BYTES // MiB} MiB upload: "
+        f"{len(left_by_the_kill[1])} unfinished upload(s) left, swept {swept_s:.1f} s after the kill"
+    )
+    wait_until(lambda: httpx.get(f"{stack.api_url}/readyz").status_code == 200, timeout=60, message="the API ready")
+
+
+def _upload_body(size: int) -> Iterator[bytes]:
+    yield (
+        f"--{BOUNDARY}\r\n"
+        'Content-Disposition: form-data; name="entity_type"\r\n\r\nstyles\r\n'
+        f"--{BOUNDARY}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="killed.safetensors"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    header, _ = large_kohya_lora(size)
+    yield header
+    block = bytes(MiB)
+    for _ in range(size // MiB):
+        yield block
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
 def _rounded(answers: list[tuple[int, float]]) -> list[tuple[int, float]]:
