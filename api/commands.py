@@ -162,6 +162,11 @@ class CommandBus:
         return None
 
 
+class MaybeRecorded(Unavailable):
+    """The broker did not acknowledge the command in time: the producer may still deliver it. What the command
+    names (a staged upload) must stay where it is."""
+
+
 def _not_sent() -> Unavailable:
     return Unavailable(
         "the event broker is not answering, so the command was not sent; nothing was recorded: "
@@ -170,8 +175,8 @@ def _not_sent() -> Unavailable:
     )
 
 
-def _maybe_sent(command_id: str) -> Unavailable:
-    return Unavailable(
+def _maybe_sent(command_id: str) -> MaybeRecorded:
+    return MaybeRecorded(
         f"the event broker did not acknowledge command {command_id}: it may or may not have been recorded. "
         f"GET /v2/commands/{command_id} tells once the broker is back (`pending` until then, and for good if "
         "it was not recorded). Sending the request again makes a new command: if this one was recorded after "

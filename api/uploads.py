@@ -16,7 +16,7 @@ import hashlib
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ UPLOAD_THREADS = 2  # parts in flight to S3 (minio blocks the reader while they 
 MAX_FIELD_BYTES = 64 * 1024  # all text fields together
 MAX_CONCURRENT = 8  # uploads streaming at once per process; more wait (unread) for a slot
 MAX_PARTS = 16
+# S3 taking none of an upload's bytes for this long (or not completing it this long after the last) is taken for S3
+# being unavailable: the upload answers 503 rather than wait for the SDK's own timeouts (minutes).
+STALL_S = 10.0
 # The multipart framing around the file: boundaries, part headers, small fields.
 FORM_OVERHEAD_BYTES = MAX_FIELD_BYTES + 64 * 1024
 
@@ -80,6 +83,11 @@ class StagedUpload:
     def discard(self, s3: Minio) -> None:
         if self.file is not None:
             remove_quietly(s3, self.bucket, self.file.key)
+
+    def discard_in_background(self, s3: Minio) -> None:
+        """`discard` without waiting for it: with S3 stalled a removal waits for the SDK's timeouts (minutes), and
+        the answer (a 503, say) must not. What is not removed the staging sweep removes (`infra.staging`)."""
+        _in_background(asyncio.to_thread(self.discard, s3))
 
 
 # Why a file name cannot be accepted, or None: checked before any byte of the file is stored.
@@ -203,6 +211,15 @@ async def _abandon(sink: _S3Sink | None, staged: StagedFile | None, s3: Minio, b
         await asyncio.to_thread(remove_quietly, s3, bucket, staged.key)
 
 
+_cleanups: set[asyncio.Task[Any]] = set()  # abandoned uploads being removed (a reference keeps each task alive)
+
+
+def _in_background(cleanup: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.create_task(cleanup)
+    _cleanups.add(task)
+    task.add_done_callback(_cleanups.discard)
+
+
 class _Aborted(Exception):
     """Raised inside the upload thread so minio aborts its multipart upload."""
 
@@ -212,8 +229,9 @@ class _S3Sink:
     executor, which a few long uploads would use up): `write` waits, without blocking the loop, while
     QUEUE_BLOCKS blocks wait for that thread, so a fast client cannot outrun S3 by more than that."""
 
-    def __init__(self, s3: Minio, bucket: str, key: str) -> None:
+    def __init__(self, s3: Minio, bucket: str, key: str, stall_s: float = STALL_S) -> None:
         self._s3 = s3
+        self._stall_s = stall_s
         self._bucket = bucket
         self.key = key
         self.size = 0
@@ -241,20 +259,27 @@ class _S3Sink:
             await self._put(bytes(self._pending))
             self._pending = bytearray()
         await self._put(None)  # the end
-        try:
-            await self._done
-        except Exception as exc:
-            raise StorageUnavailable(f"storing the upload failed: {type(exc).__name__}", loc=["body"]) from None
+        await asyncio.wait({self._done}, timeout=self._stall_s)
+        if not self._done.done():
+            raise StorageUnavailable(f"S3 did not complete the upload within {self._stall_s:g} s", loc=["body"])
+        if (exc := self._done.exception()) is not None:
+            raise StorageUnavailable(f"storing the upload failed: {type(exc).__name__}", loc=["body"])
         return StagedFile(filename=filename, key=self.key, size=self.size, sha256=self._digest.hexdigest())
 
     async def abort(self) -> None:
+        """Stop the upload and remove what it stored, in the background: with S3 stalled the upload thread (and a
+        removal) wait for the SDK's timeouts, and the answer must not."""
         self.closed = True
         self._aborted.set()
+        _in_background(self._remove_when_done())
+
+    async def _remove_when_done(self) -> None:
         with contextlib.suppress(Exception):
             await self._done
         await asyncio.to_thread(remove_quietly, self._s3, self._bucket, self.key)
 
     async def _put(self, block: bytes | None) -> None:
+        waiting_since = self._loop.time()
         while True:
             if self._done.done():
                 failure = self._done.exception()
@@ -265,6 +290,10 @@ class _S3Sink:
                 self._blocks.put_nowait(block)
                 return
             except queue.Full:
+                if self._loop.time() - waiting_since > self._stall_s:
+                    raise StorageUnavailable(
+                        f"S3 took none of the upload's bytes for {self._stall_s:g} s", loc=["body"]
+                    ) from None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), 1.0)
 

@@ -29,7 +29,7 @@ from streams.envelope import Actor, ActorType
 from streams.naming import MAX_UPLOAD_BYTES
 from streams.serialization import encode, envelope_for, key_for
 from streams.workspaces import CreateWorkspace
-from tests.artifacts import large_kohya_lora
+from tests.artifacts import kohya_lora, large_kohya_lora
 from tests.services import external_services
 from tests.support import Api, Stack, events, produced, start_stack, stop_stack, wait_until
 
@@ -43,6 +43,8 @@ IN_FLIGHT = 1000
 MiB = 1024 * 1024
 BOUNDARY = "lp-fault-boundary"
 KILL_AFTER_BYTES = 60 * MiB  # of a 500 MB upload: several parts on S3 already
+ADMIN_UPLOAD = "/api/v1/admin/lora/upload"
+JOBS = 3
 # The bound for a write while the broker is down is 2 s; asserted with room for a loaded machine.
 UNAVAILABLE_WITHIN_S = 5.0
 
@@ -266,6 +268,59 @@ def _upload_body(size: int) -> Iterator[bytes]:
     for _ in range(size // MiB):
         yield block
     yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def test_s3_stopped_during_uploads_and_artifact_jobs(client: Api, running: Running) -> None:
+    stack = running.stack
+    names = [f"s3-{uuid.uuid4().hex[:8]}-{i}.safetensors" for i in range(JOBS)]
+    for i, name in enumerate(names):
+        accepted = client.post(
+            ADMIN_UPLOAD,
+            params={"wait": 0},
+            files={"file": (name, kohya_lora(seed=100 + i))},
+            data={"entity_type": "styles"},
+        )
+        assert accepted.status_code == 202, accepted.text
+    # S3 stops with the jobs in flight (embedded, the broker's log is on S3: it stalls too)
+    seaweed = _signal_child(stack, "seaweedfs", signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        refused, upload_s = None, 0.0
+        began = time.monotonic()
+        refused = client.post(
+            ADMIN_UPLOAD,
+            params={"wait": 0},
+            files={"file": (f"during-{uuid.uuid4().hex[:8]}.safetensors", kohya_lora(seed=99))},
+            data={"entity_type": "styles"},
+        )
+        upload_s = time.monotonic() - began
+        write, write_s = _timed_write(client, f"s3-down-{uuid.uuid4().hex[:6]}")
+        read = client.get("/v2/workspaces", params={"page_size": 5})
+        held_s = time.monotonic() - stopped_at
+    finally:
+        os.killpg(seaweed, signal.SIGCONT)
+    resumed_at = time.monotonic()
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["Retry-After"]) > 0
+    assert write.status_code == 503, write.text
+    assert read.status_code == 200
+
+    def stored() -> bool:
+        return set(f"styles/{n}" for n in names) <= set(_listed(client, "styles"))
+
+    wait_until(stored, timeout=120, interval=0.5, message="every upload's job to finish")
+    jobs_s = time.monotonic() - resumed_at
+    wait_until(lambda: _staging(stack) == ([], []), timeout=60, interval=0.5, message="staging/ empty")
+    print(
+        f"\nS3 SIGSTOPped for {held_s:.1f} s with {JOBS} upload jobs in flight: an upload answered "
+        f"{refused.status_code} in {upload_s:.1f} s, a write {write.status_code} in {write_s:.1f} s, a read "
+        f"{read.status_code}; the jobs finished {jobs_s:.1f} s after S3 resumed; staging/ empty"
+    )
+
+
+def _listed(client: Api, entity_type: str) -> list[str]:
+    body = client.get("/api/v1/admin/lora", params={"entity_type": entity_type, "page_size": 1000}).json()
+    return [item["partial_path"] for item in body["data"]]
 
 
 def _rounded(answers: list[tuple[int, float]]) -> list[tuple[int, float]]:
