@@ -8,6 +8,7 @@ The session stack is never touched: these tests stop and kill its broker and its
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
 
 import streams.catalog  # noqa: F401
@@ -30,11 +32,25 @@ from streams.naming import MAX_UPLOAD_BYTES
 from streams.serialization import encode, envelope_for, key_for
 from streams.workspaces import CreateWorkspace
 from tests.artifacts import kohya_lora, large_kohya_lora
+from tests.fake_hub import FakeHub, FakeRepo
 from tests.services import external_services
-from tests.support import Api, Stack, events, produced, start_stack, stop_stack, wait_until
+from tests.support import (
+    Api,
+    Stack,
+    deploy_and_wait_running,
+    events,
+    produced,
+    start_stack,
+    stop_stack,
+    wait_until,
+)
+from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 FAULT_STACK_ENV = {
-    "LORAPLANE_NODE": "off",
+    # Its own node agent runs a real CPU vLLM in the node-agent test (no other test here places anything on it).
+    "LORAPLANE_NODE_ID": "fault-cpu-node",
+    "LORAPLANE_NODE_DEVICES": "cpu:1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
     # The staging sweep runs often and takes an upload unfinished for 10 s for abandoned (an hour by default).
     "LORAPLANE_STAGING_SWEEP_EVERY_S": "2",
     "LORAPLANE_STAGING_ABANDONED_UPLOAD_S": "10",
@@ -45,6 +61,9 @@ BOUNDARY = "lp-fault-boundary"
 KILL_AFTER_BYTES = 60 * MiB  # of a 500 MB upload: several parts on S3 already
 ADMIN_UPLOAD = "/api/v1/admin/lora/upload"
 JOBS = 3
+FAULT_BASE_REPO = "loraplane-tests/fault-llama"
+FAULT_SERVED = "fault-llama"
+FAULT_LORA = "fault-lora"
 # The issue's bound for a write while the broker is down is 2 s; asserted with room for a loaded machine.
 UNAVAILABLE_WITHIN_S = 5.0
 
@@ -56,16 +75,17 @@ class Running:
     data_dir: Path
     stack: Stack
     key: str
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def running(tmp_path_factory: pytest.TempPathFactory, hub_server: FakeHub) -> Iterator[Running]:
     with external_services() as external:
         if external:
             pytest.skip("these faults kill the embedded broker; with external services there is none to kill")
         data_dir = Path(tmp_path_factory.mktemp("faults"))
-        stack = start_stack(data_dir, extra_env=FAULT_STACK_ENV)
-        holder = Running(data_dir, stack, "")
+        stack = start_stack(data_dir, extra_env={**FAULT_STACK_ENV, "HF_ENDPOINT": hub_server.url})
+        holder = Running(data_dir, stack, "", {"HF_ENDPOINT": hub_server.url})
         try:
             holder.key = stack.issue_key("admin", "faults")
             yield holder
@@ -323,6 +343,92 @@ def _listed(client: Api, entity_type: str) -> list[str]:
     return [item["partial_path"] for item in body["data"]]
 
 
+def _engines(served_name: str) -> list[psutil.Process]:
+    """The vLLM servers of a served name alive now (one per process group: a server's own children are not counted)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = proc.info["cmdline"] or []
+            if "vllm.entrypoints.openai.api_server" in cmdline and served_name in cmdline and proc.status() != "zombie":
+                found.setdefault(os.getpgid(proc.pid), proc)
+    return list(found.values())
+
+
+def _port_of(engine: psutil.Process) -> int:
+    cmdline = engine.cmdline()
+    return int(cmdline[cmdline.index("--port") + 1])
+
+
+@pytest.mark.e2e
+def test_a_node_agent_killed_while_its_vllm_runs_leaves_one_engine_running_with_its_adapters(
+    client: Api, running: Running, hub_server: FakeHub, tmp_path: Path
+) -> None:
+    stack = running.stack
+    base = make_tiny_llama(tmp_path / "base")
+    hub_server.repos[FAULT_BASE_REPO] = FakeRepo.single(files_of(base))
+    lora = make_lora_adapter(base, tmp_path / "lora", seed=5, rank=8, base_model_name=FAULT_BASE_REPO)
+    hub_server.repos[f"loraplane-tests/{FAULT_LORA}"] = FakeRepo.single(files_of(lora))
+    registered = client.post(
+        "/api/v1/lora",
+        params={"wait": 60},
+        json={
+            "model_source": "HF_HUB",
+            "model_name": f"loraplane-tests/{FAULT_LORA}",
+            "name": FAULT_LORA,
+            "base_model_name": FAULT_BASE_REPO,
+        },
+    )
+    assert registered.status_code == 200, registered.text
+    deployed = deploy_and_wait_running(client, cpu_deploy_body(FAULT_SERVED, FAULT_BASE_REPO), 900)
+    deploy_id = deployed["deploy_id"]
+    try:
+        attached = client.post(
+            "/deploy/lora", params={"wait": 120}, json={"deploy_id": deploy_id, "lora_name": FAULT_LORA}
+        )
+        assert attached.status_code == 200, attached.text
+        [before] = _engines(FAULT_SERVED)
+
+        node = stack.pids()["node"]
+        killed_at = time.monotonic()
+        os.killpg(node, signal.SIGKILL)  # the agent only (its engines run in groups of their own)
+        most = 1
+        old_gone_s: float | None = None
+
+        def recovered() -> dict[str, Any] | None:
+            nonlocal most, old_gone_s
+            engines = _engines(FAULT_SERVED)
+            most = max(most, len(engines))
+            if old_gone_s is None and all(e.pid != before.pid for e in engines):
+                old_gone_s = time.monotonic() - killed_at
+            if stack.pids().get("node") in (None, node) or len(engines) != 1:
+                return None
+            body = client.get(f"/deploy/{deploy_id}").json()
+            [instance] = body["instance_details"]
+            loaded = [a["name"] for a in instance["adapters"] if a["status"] == "loaded"]
+            # the instance's endpoint is the live engine's (the old one adopted, or a new one started)
+            serves = (instance["endpoint"] or "").endswith(f":{_port_of(engines[0])}")
+            return body if body["status"] == "running" and serves and FAULT_LORA in loaded else None
+
+        body = wait_until(recovered, timeout=600, interval=0.2, message="the instance running again with its LoRA")
+        recovered_s = time.monotonic() - killed_at
+        engines = _engines(FAULT_SERVED)
+        print(
+            f"\nnode agent SIGKILLed with its vLLM running: the old engine "
+            f"{'gone' if old_gone_s is not None else 'adopted'}"
+            f"{f' {old_gone_s:.1f} s after the kill' if old_gone_s is not None else ''}; running again with its LoRA "
+            f"{recovered_s:.1f} s after the kill; at most {most} engine(s) at once"
+        )
+        assert most == 1, "two engines ran on the node's one device at once"
+        assert len(engines) == 1
+        # and it answers with the LoRA, through the gateway
+        answer = client.post("/v1/completions", json={"model": FAULT_LORA, "prompt": "Hello", "max_tokens": 4})
+        assert answer.status_code == 200, answer.text
+        assert body["instance_details"][0]["endpoint"]
+    finally:
+        assert client.delete(f"/deploy/{deploy_id}", params={"wait": 120}).status_code == 204
+    wait_until(lambda: not _engines(FAULT_SERVED), timeout=120, message="no engine left after the delete")
+
+
 def _rounded(answers: list[tuple[int, float]]) -> list[tuple[int, float]]:
     return [(code, round(seconds, 2)) for code, seconds in answers]
 
@@ -348,7 +454,7 @@ def test_the_read_model_deleted_while_stopped_is_rebuilt_by_replay_at_start(runn
         path.unlink()
 
     began = time.monotonic()
-    running.stack = start_stack(running.data_dir, extra_env=FAULT_STACK_ENV)
+    running.stack = start_stack(running.data_dir, extra_env={**FAULT_STACK_ENV, **running.env})
     ready_s = time.monotonic() - began
     with Api(running.stack, running.key) as client:
         # the key itself is in the read model only through the replay
