@@ -38,6 +38,7 @@ MAX_PARTS = 16
 # S3 taking none of an upload's bytes for this long (or not completing it this long after the last) is taken for S3
 # being unavailable: the upload answers 503 rather than wait for the SDK's own timeouts (minutes).
 STALL_S = 10.0
+DISCARD_WAIT_S = 2.0  # longest a route waits for the removal of an upload it will not use
 # The multipart framing around the file: boundaries, part headers, small fields.
 FORM_OVERHEAD_BYTES = MAX_FIELD_BYTES + 64 * 1024
 
@@ -84,10 +85,10 @@ class StagedUpload:
         if self.file is not None:
             remove_quietly(s3, self.bucket, self.file.key)
 
-    def discard_in_background(self, s3: Minio) -> None:
-        """`discard` without waiting for it: with S3 stalled a removal waits for the SDK's timeouts (minutes), and
-        the answer (a 503, say) must not. What is not removed the staging sweep removes (`infra.staging`)."""
-        _in_background(asyncio.to_thread(self.discard, s3))
+    async def discard_within(self, s3: Minio, seconds: float = DISCARD_WAIT_S) -> None:
+        """`discard`, waited for at most `seconds`: with S3 stalled a removal waits for the SDK's timeouts (minutes),
+        and the answer (a 503, say) must not. It goes on meanwhile; the staging sweep removes what it could not."""
+        await _settle(asyncio.to_thread(self.discard, s3), seconds)
 
 
 # Why a file name cannot be accepted, or None: checked before any byte of the file is stored.
@@ -180,6 +181,9 @@ async def _stage(
     except MultipartError as exc:
         await _abandon(sink, staged, s3, bucket)
         raise Unprocessable(f"malformed multipart body: {exc}", loc=["body"]) from None
+    except StorageUnavailable:
+        await _abandon(sink, staged, s3, bucket, s3_stalled=True)
+        raise
     except BaseException:
         await _abandon(sink, staged, s3, bucket)
         raise
@@ -204,9 +208,11 @@ def _decode(value: bytearray, name: str) -> str:
         raise Unprocessable(f"{name} is not UTF-8 text", loc=["body", name]) from None
 
 
-async def _abandon(sink: _S3Sink | None, staged: StagedFile | None, s3: Minio, bucket: str) -> None:
+async def _abandon(
+    sink: _S3Sink | None, staged: StagedFile | None, s3: Minio, bucket: str, *, s3_stalled: bool = False
+) -> None:
     if sink is not None:
-        await sink.abort()
+        await sink.abort(wait=not s3_stalled)
     if staged is not None:
         await asyncio.to_thread(remove_quietly, s3, bucket, staged.key)
 
@@ -214,10 +220,12 @@ async def _abandon(sink: _S3Sink | None, staged: StagedFile | None, s3: Minio, b
 _cleanups: set[asyncio.Task[Any]] = set()  # abandoned uploads being removed (a reference keeps each task alive)
 
 
-def _in_background(cleanup: Coroutine[Any, Any, Any]) -> None:
+async def _settle(cleanup: Coroutine[Any, Any, Any], seconds: float | None) -> None:
+    """Run `cleanup` and wait for it at most `seconds` (None: until it is done); past that it goes on alone."""
     task = asyncio.create_task(cleanup)
     _cleanups.add(task)
     task.add_done_callback(_cleanups.discard)
+    await asyncio.wait({task}, timeout=seconds)
 
 
 class _Aborted(Exception):
@@ -266,12 +274,12 @@ class _S3Sink:
             raise StorageUnavailable(f"storing the upload failed: {type(exc).__name__}", loc=["body"])
         return StagedFile(filename=filename, key=self.key, size=self.size, sha256=self._digest.hexdigest())
 
-    async def abort(self) -> None:
-        """Stop the upload and remove what it stored, in the background: with S3 stalled the upload thread (and a
-        removal) wait for the SDK's timeouts, and the answer must not."""
+    async def abort(self, *, wait: bool = True) -> None:
+        """Stop the upload and remove what it stored; with `wait` false (S3 stalled: the upload thread and a removal
+        wait for the SDK's timeouts, and the answer must not) that goes on in the background."""
         self.closed = True
         self._aborted.set()
-        _in_background(self._remove_when_done())
+        await _settle(self._remove_when_done(), None if wait else 0)
 
     async def _remove_when_done(self) -> None:
         with contextlib.suppress(Exception):

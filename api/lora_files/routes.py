@@ -122,7 +122,7 @@ async def _upload(
             raise
     finally:
         if not handed_over:
-            staged.discard_in_background(state.s3)
+            await staged.discard_within(state.s3)
     if pending is not None:
         return pending
 

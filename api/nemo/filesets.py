@@ -91,7 +91,7 @@ async def upload_fileset_file(
     except MaybeRecorded:
         raise  # the command may still land and its job needs the bytes; else the staging sweep takes them
     except BaseException:
-        upload.discard_in_background(state.s3)
+        await upload.discard_within(state.s3)
         raise
     if (answer := await bus.outcome(command_id, ["path"])) is not None:
         return answer
