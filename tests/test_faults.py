@@ -1,8 +1,10 @@
-"""Faults against a real stack of its own (issue 11): the broker stalled and killed, the read model's database
-deleted while the stack is stopped. One extra stack serves the whole module; the tests run in file order and the
-last one restarts it. Each test prints what it measured (`pytest -s` shows it).
+"""Faults against a real stack of its own (issue 11, and README "Reliability"): the broker stalled and killed with
+commands in flight, S3 stopped during uploads and artifact jobs, the API killed during a 500 MB upload, the node
+agent killed while its vLLM runs, the read model's database deleted while the stack is stopped.
 
-The session stack is never touched: these tests stop and kill its broker and its API.
+One extra `loraplane up` (with a node agent for a CPU vLLM) serves the whole module, beside the session's stack,
+which these tests never touch; they run in file order and the last one restarts the stack. Each prints what it
+measured (`pytest -s` shows it).
 """
 
 from __future__ import annotations
