@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +31,7 @@ import pytest
 import streams.catalog  # noqa: F401
 from infra.s3 import make_client
 from infra.settings import Settings
+from infra.staging import SweepReport, sweep_staging
 from streams.envelope import Actor, ActorType
 from streams.naming import MAX_UPLOAD_BYTES
 from streams.serialization import encode, envelope_for, key_for
@@ -275,6 +278,25 @@ def test_an_api_killed_during_a_500_mb_upload_leaves_nothing_staged_after_the_sw
         f"{len(left_by_the_kill[1])} unfinished upload(s) left, swept {swept_s:.1f} s after the kill"
     )
     wait_until(lambda: httpx.get(f"{stack.api_url}/readyz").status_code == 200, timeout=60, message="the API ready")
+
+
+def test_the_sweep_removes_a_staged_object_no_command_named_once_it_is_old(running: Running) -> None:
+    """A process killed between staging an upload and publishing its command leaves a complete object: the sweep
+    keeps it while a job may still want it (a day by default) and removes it after."""
+    env = running.stack.cli_env()
+    s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
+    bucket = env.get("S3_BUCKET", "loraplane")
+    key = f"staging/orphan-{uuid.uuid4().hex}"
+    s3.put_object(bucket, key, io.BytesIO(b"bytes no command names"), 22)
+    day = 86400.0
+
+    def sweep(now: datetime) -> SweepReport:
+        return sweep_staging(s3, bucket, now=now, abandoned_upload_s=day, orphan_s=day)
+
+    assert sweep(datetime.now(UTC)).removed_objects == 0
+    assert key in _staging(running.stack)[0]
+    assert sweep(datetime.now(UTC) + timedelta(days=1, minutes=1)).removed_objects == 1
+    assert key not in _staging(running.stack)[0]
 
 
 def _upload_body(size: int) -> Iterator[bytes]:
