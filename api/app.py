@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,6 +35,7 @@ from api.readmodel.database import create_engine, create_schema
 from api.readmodel.follower import ReadModelFollower
 from api.readmodel.projector import Projector
 from api.server import serve
+from api.staging_sweep import sweep_forever
 from api.system import command_status, healthz, readyz
 from api.teams import team_guard
 from api.tracing import tracing_middleware
@@ -62,17 +64,20 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
         follower.start()
         gateway = Gateway(settings)
         await gateway.start()
+        s3 = make_client(settings)
+        sweep = asyncio.create_task(sweep_forever(settings, s3), name="staging-sweep")
         app.state.update(
             engine=engine,
             bus=bus,
             follower=follower,
             gateway=gateway,
-            s3=make_client(settings),
+            s3=s3,
             secrets=open_secret_box(settings),
         )
         try:
             yield
         finally:
+            sweep.cancel()
             await gateway.stop()
             await follower.stop()
             await bus.stop()

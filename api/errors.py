@@ -30,10 +30,11 @@ class ApiError(Exception):
     status_code = 400
     error_type = "bad_request"
 
-    def __init__(self, msg: str, loc: Loc = ()) -> None:
+    def __init__(self, msg: str, loc: Loc = (), headers: dict[str, str] | None = None) -> None:
         super().__init__(msg)
         self.msg = msg
         self.loc = list(loc)
+        self.headers = dict(headers or {})
 
 
 class Unauthorized(ApiError):
@@ -61,6 +62,16 @@ class Unprocessable(ApiError):
     error_type = "invalid"
 
 
+class Unavailable(ApiError):
+    """A service the request needs (the broker, S3) does not answer: try again after `Retry-After` seconds."""
+
+    status_code = 503
+    error_type = "unavailable"
+
+    def __init__(self, msg: str, loc: Loc = (), headers: dict[str, str] | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(msg, loc, {"Retry-After": str(retry_after_s), **(headers or {})})
+
+
 REJECTIONS: dict[RejectionCode, type[ApiError]] = {
     RejectionCode.CONFLICT: Conflict,
     RejectionCode.INVALID: Unprocessable,
@@ -73,8 +84,8 @@ def error_response(status: int, items: list[dict[str, Any]], headers: dict[str, 
 
 
 def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return error_response(exc.status_code, [{"loc": exc.loc, "msg": exc.msg, "type": exc.error_type}], headers)
+    headers = {"WWW-Authenticate": "Bearer", **exc.headers} if exc.status_code == 401 else exc.headers
+    return error_response(exc.status_code, [{"loc": exc.loc, "msg": exc.msg, "type": exc.error_type}], headers or None)
 
 
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:

@@ -16,7 +16,7 @@ import hashlib
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,10 @@ from litestar import Request, Response
 from minio import Minio
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
-from api.errors import ApiError, Unprocessable, error_response
+from api.errors import ApiError, Unavailable, Unprocessable, error_response
 from infra.s3_objects import remove_quietly
+from infra.staging import STAGING_PREFIX
 
-STAGING_PREFIX = "staging/"
 PART_SIZE = 6 * 1024 * 1024  # one S3 part (the minimum is 5 MiB); about 3 are in memory at once
 BLOCK_SIZE = 1024 * 1024  # what the request side hands the upload thread at a time
 QUEUE_BLOCKS = 4  # blocks waiting for the upload thread: the request side's read-ahead
@@ -35,6 +35,10 @@ UPLOAD_THREADS = 2  # parts in flight to S3 (minio blocks the reader while they 
 MAX_FIELD_BYTES = 64 * 1024  # all text fields together
 MAX_CONCURRENT = 8  # uploads streaming at once per process; more wait (unread) for a slot
 MAX_PARTS = 16
+# S3 taking none of an upload's bytes for this long (or not completing it this long after the last) is taken for S3
+# being unavailable: the upload answers 503 rather than wait for the SDK's own timeouts (minutes).
+STALL_S = 10.0
+DISCARD_WAIT_S = 2.0  # longest a route waits for the removal of an upload it will not use
 # The multipart framing around the file: boundaries, part headers, small fields.
 FORM_OVERHEAD_BYTES = MAX_FIELD_BYTES + 64 * 1024
 
@@ -59,8 +63,7 @@ UPLOAD_ROUTE_OPTIONS: dict[str, Any] = {
 }
 
 
-class StorageUnavailable(ApiError):
-    status_code = 503
+class StorageUnavailable(Unavailable):
     error_type = "storage_unavailable"
 
 
@@ -81,6 +84,11 @@ class StagedUpload:
     def discard(self, s3: Minio) -> None:
         if self.file is not None:
             remove_quietly(s3, self.bucket, self.file.key)
+
+    async def discard_within(self, s3: Minio, seconds: float = DISCARD_WAIT_S) -> None:
+        """`discard`, waited for at most `seconds`: with S3 stalled a removal waits for the SDK's timeouts (minutes),
+        and the answer (a 503, say) must not. It goes on meanwhile; the staging sweep removes what it could not."""
+        await _settle(asyncio.to_thread(self.discard, s3), seconds)
 
 
 # Why a file name cannot be accepted, or None: checked before any byte of the file is stored.
@@ -177,6 +185,9 @@ async def _stage(
     except MultipartError as exc:
         await _abandon(sink, staged, s3, bucket)
         raise Unprocessable(f"malformed multipart body: {exc}", loc=["body"]) from None
+    except StorageUnavailable:
+        await _abandon(sink, staged, s3, bucket, s3_stalled=True)
+        raise
     except BaseException:
         await _abandon(sink, staged, s3, bucket)
         raise
@@ -201,11 +212,24 @@ def _decode(value: bytearray, name: str) -> str:
         raise Unprocessable(f"{name} is not UTF-8 text", loc=["body", name]) from None
 
 
-async def _abandon(sink: _S3Sink | None, staged: StagedFile | None, s3: Minio, bucket: str) -> None:
+async def _abandon(
+    sink: _S3Sink | None, staged: StagedFile | None, s3: Minio, bucket: str, *, s3_stalled: bool = False
+) -> None:
     if sink is not None:
-        await sink.abort()
+        await sink.abort(wait=not s3_stalled)
     if staged is not None:
         await asyncio.to_thread(remove_quietly, s3, bucket, staged.key)
+
+
+_cleanups: set[asyncio.Task[Any]] = set()  # abandoned uploads being removed (a reference keeps each task alive)
+
+
+async def _settle(cleanup: Coroutine[Any, Any, Any], seconds: float | None) -> None:
+    """Run `cleanup` and wait for it at most `seconds` (None: until it is done); past that it goes on alone."""
+    task = asyncio.create_task(cleanup)
+    _cleanups.add(task)
+    task.add_done_callback(_cleanups.discard)
+    await asyncio.wait({task}, timeout=seconds)
 
 
 class _Aborted(Exception):
@@ -217,8 +241,9 @@ class _S3Sink:
     executor, which a few long uploads would use up): `write` waits, without blocking the loop, while
     QUEUE_BLOCKS blocks wait for that thread, so a fast client cannot outrun S3 by more than that."""
 
-    def __init__(self, s3: Minio, bucket: str, key: str) -> None:
+    def __init__(self, s3: Minio, bucket: str, key: str, stall_s: float = STALL_S) -> None:
         self._s3 = s3
+        self._stall_s = stall_s
         self._bucket = bucket
         self.key = key
         self.size = 0
@@ -246,20 +271,27 @@ class _S3Sink:
             await self._put(bytes(self._pending))
             self._pending = bytearray()
         await self._put(None)  # the end
-        try:
-            await self._done
-        except Exception as exc:
-            raise StorageUnavailable(f"storing the upload failed: {type(exc).__name__}", loc=["body"]) from None
+        await asyncio.wait({self._done}, timeout=self._stall_s)
+        if not self._done.done():
+            raise StorageUnavailable(f"S3 did not complete the upload within {self._stall_s:g} s", loc=["body"])
+        if (exc := self._done.exception()) is not None:
+            raise StorageUnavailable(f"storing the upload failed: {type(exc).__name__}", loc=["body"])
         return StagedFile(filename=filename, key=self.key, size=self.size, sha256=self._digest.hexdigest())
 
-    async def abort(self) -> None:
+    async def abort(self, *, wait: bool = True) -> None:
+        """Stop the upload and remove what it stored; with `wait` false (S3 stalled: the upload thread and a removal
+        wait for the SDK's timeouts, and the answer must not) that goes on in the background."""
         self.closed = True
         self._aborted.set()
+        await _settle(self._remove_when_done(), None if wait else 0)
+
+    async def _remove_when_done(self) -> None:
         with contextlib.suppress(Exception):
             await self._done
         await asyncio.to_thread(remove_quietly, self._s3, self._bucket, self.key)
 
     async def _put(self, block: bytes | None) -> None:
+        waiting_since = self._loop.time()
         while True:
             if self._done.done():
                 failure = self._done.exception()
@@ -270,6 +302,10 @@ class _S3Sink:
                 self._blocks.put_nowait(block)
                 return
             except queue.Full:
+                if self._loop.time() - waiting_since > self._stall_s:
+                    raise StorageUnavailable(
+                        f"S3 took none of the upload's bytes for {self._stall_s:g} s", loc=["body"]
+                    ) from None
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), 1.0)
 

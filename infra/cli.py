@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -69,9 +70,12 @@ async def _up(settings: Settings) -> int:
         os.chmod(data_dir / STACK_ENV, 0o600)
         me = [sys.executable, "-m", "infra.cli"]
         _say("starting agents (Faust worker)")
-        # One static member id per `up`: the supervisor's restarts of the worker keep it (and so its
-        # partitions), while two stacks sharing a broker never fence each other's workers.
-        instance_id = f"{socket.gethostname()}-{os.getpid()}-worker"
+        # One static member id per data directory: the supervisor's restarts of the worker, and the next `up` on the
+        # same data, keep it (and so its partitions), while two stacks sharing a broker never fence each other's
+        # workers. (One per `up` left the last run's member in the group, and the broker never gave the new one its
+        # partitions: commands went undecided after a restart.)
+        data_key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:8]
+        instance_id = f"{socket.gethostname()}-{data_key}-worker"
         await stack.start_child(ChildSpec("worker", [*me, "worker"], env={"LORAPLANE_WORKER_INSTANCE_ID": instance_id}))
         _say(f"starting API on http://{settings.api_host}:{settings.api_port}")
         await stack.start_child(ChildSpec("api", [*me, "api"]))

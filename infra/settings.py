@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535, validation_alias=_env("LORAPLANE_API_PORT"))
     # Longest `?wait=` a caller may ask for, in seconds.
     api_max_wait_s: float = Field(60.0, gt=0, validation_alias=_env("LORAPLANE_API_MAX_WAIT_S"))
+    # A write answers 503 when the broker has acknowledged none of the API's commands for this long while one waits.
+    api_publish_stall_s: float = Field(1.5, gt=0, validation_alias=_env("LORAPLANE_API_PUBLISH_STALL_S"))
+    # The staging sweep (infra.staging): how often, and how old an unfinished upload / an unnamed staged object gets.
+    staging_sweep_every_s: float = Field(3600.0, gt=0, validation_alias=_env("LORAPLANE_STAGING_SWEEP_EVERY_S"))
+    staging_abandoned_upload_s: float = Field(
+        3600.0, gt=0, validation_alias=_env("LORAPLANE_STAGING_ABANDONED_UPLOAD_S")
+    )
+    staging_orphan_s: float = Field(86400.0, gt=0, validation_alias=_env("LORAPLANE_STAGING_ORPHAN_S"))
 
     # Embedded stack ports (0 = pick a free one).
     broker_port: int = Field(9092, ge=0, le=65535, validation_alias=_env("LORAPLANE_BROKER_PORT"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -89,6 +90,49 @@ async def _group_ends(pgid: int, timeout: float) -> bool:  # noqa: ASYNC109
     return True
 
 
+async def stop_orphans(records: Path, *, grace: float = 20.0) -> list[int]:
+    """Stop the servers written down under `records` that are still running (their node agent died and a new one
+    starts): SIGTERM to each group, SIGKILL after `grace`, every descendant reaped. The pids stopped.
+
+    A node agent's engines get SIGTERM when it dies (PR_SET_PDEATHSIG), but an engine may take long to exit (draining
+    requests, or hung), and one that outlives its agent would share its devices with the engine the new agent starts:
+    so the new agent calls this before it starts any."""
+    stopped: list[int] = []
+    for path, process in _recorded(records):
+        if process is not None:
+            descendants: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                descendants = process.children(recursive=True)
+            pgid = process.pid
+            _signal_group(pgid, signal.SIGTERM)
+            _signal_group(pgid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once it runs again
+            if not await _group_ends(pgid, grace):
+                _signal_group(pgid, signal.SIGKILL)
+            for child in descendants:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            await asyncio.to_thread(psutil.wait_procs, [process, *descendants], timeout=5)
+            await _group_ends(pgid, 5.0)
+            stopped.append(pgid)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return stopped
+
+
+def _recorded(records: Path) -> list[tuple[Path, psutil.Process | None]]:
+    """Each record under `records`, with its server when that still runs (the same pid and start time)."""
+    found: list[tuple[Path, psutil.Process | None]] = []
+    for path in sorted(records.glob("*.json")) if records.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+            process = psutil.Process(int(record["pid"]))
+            same = abs(process.create_time() - float(record["create_time"])) < 0.01
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            same = False  # gone (or unreadable): nothing to stop
+        found.append((path, process if same else None))
+    return found
+
+
 class VllmServer:
     """One `python -m vllm.entrypoints.openai.api_server` process listening on host:port."""
 
@@ -101,8 +145,10 @@ class VllmServer:
         env: Mapping[str, str] | None = None,
         host: str = "127.0.0.1",
         tail_lines: int = TAIL_LINES,
+        record: Path | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.record = record  # where the running server is written down for `stop_orphans`
         self.port = port
         self.host = host
         self.log_path = log_path
@@ -145,6 +191,7 @@ class VllmServer:
                 preexec_fn=_pdeathsig_preexec(),
             )
         self._descendants = set()
+        self._write_record(self._proc.pid)
         try:
             await self._wait_healthy(ready_timeout)
         except BaseException:
@@ -180,6 +227,7 @@ class VllmServer:
         self._remember_descendants()
         code = await proc.wait()
         await self._reap_group(proc.pid, grace=2.0)
+        self._remove_record()
         return VllmExited(f"vLLM exited with code {code}", *self._ended())
 
     async def stop(self, *, grace: float = 20.0) -> int | None:
@@ -196,7 +244,21 @@ class VllmServer:
                 _signal_group(proc.pid, signal.SIGKILL)
                 await proc.wait()
         await self._reap_group(proc.pid, grace=grace)
+        self._remove_record()
         return proc.returncode
+
+    def _write_record(self, pid: int) -> None:
+        if self.record is None:
+            return
+        with contextlib.suppress(psutil.Error, OSError):
+            started = psutil.Process(pid).create_time()
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.write_text(json.dumps({"pid": pid, "create_time": started, "port": self.port}))
+
+    def _remove_record(self) -> None:
+        if self.record is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.record.unlink()
 
     def _remember_descendants(self) -> None:
         """vLLM starts an engine-core process (and may start more); remember them in case one leaves the group."""

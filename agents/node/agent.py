@@ -55,6 +55,11 @@ POLL_S = 0.5
 REPORT_BACKOFF_LIMIT_S = 30.0
 
 
+def engine_records(settings: Settings, node_id: str) -> Path:
+    """Where a node agent writes down the engines it runs, for the agent that follows it (`stop_orphans`)."""
+    return settings.data_dir / "run" / "engines" / node_id
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -182,7 +187,14 @@ class InstanceRunner:
         cpu = self.deployment.spec.gpu is DeployGpu.CPU
         log_path = settings.data_dir / "logs" / f"vllm-{self.instance_id}.log"
         env = {**(CPU_ENV if cpu else {}), **env}
-        server = VllmServer(argv, port=port, log_path=log_path, env=env, host=settings.node_advertise_host)
+        server = VllmServer(
+            argv,
+            port=port,
+            log_path=log_path,
+            env=env,
+            host=settings.node_advertise_host,
+            record=engine_records(settings, self.ctx.node_id) / f"{self.instance_id}.json",
+        )
         self.server = server
         try:
             seconds = await server.start(ready_timeout=self.ctx.settings.vllm_ready_timeout_s)

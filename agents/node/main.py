@@ -15,7 +15,7 @@ import sys
 import psutil
 
 import streams.catalog  # noqa: F401 - registers every message type
-from agents.node.agent import NodeAgent, NodeContext
+from agents.node.agent import NodeAgent, NodeContext, engine_records
 from agents.node.gpus import DetectedGpu, cpu_device, parse_devices_override, parse_nvidia_smi
 from infra.kafka import make_producer, publish, stop_quietly
 from infra.s3 import make_client
@@ -23,6 +23,7 @@ from infra.secrets import open_secret_box
 from infra.settings import Settings
 from infra.telemetry import configure_tracing
 from infra.vllm_env import VllmEnvError, env_python
+from infra.vllm_process import stop_orphans
 from streams.cluster import DeviceInfo
 from streams.envelope import Envelope
 from streams.topics import COMMANDS
@@ -119,6 +120,9 @@ async def run_node(settings: Settings) -> None:
     interpreter = VllmInterpreter(settings)
     if settings.vllm_prepare:
         interpreter.start()
+    # Engines a dead agent of this node left running are stopped before any is started: never two on one device.
+    if orphans := await stop_orphans(engine_records(settings, node_id)):
+        log.warning("stopped %d vLLM server(s) a previous node agent left running: %s", len(orphans), orphans)
     ctx = NodeContext(settings, node_id, send, make_client(settings), open_secret_box(settings), interpreter)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

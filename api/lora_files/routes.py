@@ -6,7 +6,6 @@ The seed's answers are synchronous, so these routes wait for the outcome by defa
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -16,7 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody
 
 from api.auth import Principal, admin_only
-from api.commands import CommandBus
+from api.commands import CommandBus, MaybeRecorded
 from api.errors import NotFound, Unprocessable
 from api.lora_files.openapi import AdminUploadOperation, UserUploadOperation
 from api.lora_files.schemas import (
@@ -89,7 +88,7 @@ async def _upload(
         max_bytes=MAX_UPLOAD_BYTES,
         check_filename=_filename_problem,
     )
-    handed_over = False
+    handed_over = False  # once a command names the staged object, its job removes it
     try:
         if staged.file is None:
             raise Unprocessable("a file is required", loc=["body", "file"])
@@ -98,19 +97,23 @@ async def _upload(
         file: StagedFile = staged.file
         filename = safe_filename(file.filename)
         assert isinstance(filename, str)  # checked before the bytes were stored
-        command_id = await bus.send(
-            UploadLoraFile(
-                entity_type=entity,
-                filename=filename,
-                use_safe_filename=use_safe_filename,
-                staged_key=file.key,
-                size=file.size,
-                sha256=file.sha256,
-            ),
-            aggregate_id=entity.value,
-            actor=request.user.actor,
-            wait=budget.left,
-        )
+        try:
+            command_id = await bus.send(
+                UploadLoraFile(
+                    entity_type=entity,
+                    filename=filename,
+                    use_safe_filename=use_safe_filename,
+                    staged_key=file.key,
+                    size=file.size,
+                    sha256=file.sha256,
+                ),
+                aggregate_id=entity.value,
+                actor=request.user.actor,
+                wait=budget.left,
+            )
+        except MaybeRecorded:
+            handed_over = True  # the command may still land and its job needs the bytes; else the sweep takes them
+            raise
         handed_over = True
         try:
             pending = await bus.outcome(command_id, ["body"])
@@ -119,7 +122,7 @@ async def _upload(
             raise
     finally:
         if not handed_over:
-            await asyncio.to_thread(staged.discard, state.s3)
+            await staged.discard_within(state.s3)
     if pending is not None:
         return pending
 

@@ -6,7 +6,6 @@ Files are not validated one by one: an adapter created from the fileset is valid
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -16,7 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from api.auth import Principal
-from api.commands import CommandBus
+from api.commands import CommandBus, MaybeRecorded
 from api.contract import answers
 from api.errors import NotFound, Unprocessable
 from api.nemo.adapters import require_workspace
@@ -95,8 +94,10 @@ async def upload_fileset_file(
             actor=request.user.actor,
             wait=budget.left,
         )
+    except MaybeRecorded:
+        raise  # the command may still land and its job needs the bytes; else the staging sweep takes them
     except BaseException:
-        await asyncio.to_thread(upload.discard, state.s3)
+        await upload.discard_within(state.s3)
         raise
     if (answer := await bus.outcome(command_id, ["path"])) is not None:
         return answer
