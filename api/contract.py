@@ -93,7 +93,10 @@ def answers_for(facts: RouteFacts) -> dict[int, str]:
         if facts.method == "DELETE" and facts.success == 202:
             found[204] = "Deleted (with `?wait=`)"
     if facts.writes:
-        found[503] = "The broker is unavailable; try again after `Retry-After` seconds"
+        found[503] = (
+            "The broker did not take the command in time: it may or may not be recorded (`Location`, when given, "
+            "tells once the broker is back); try again after `Retry-After` seconds"
+        )
     if facts.upload:
         found[503] = "S3 or the broker is unavailable; try again after `Retry-After` seconds"
     found.update(facts.extra)
