@@ -225,18 +225,20 @@ def _add_request_example(operation: Operation, example: dict[str, Any]) -> None:
         media.examples = {"seed": Example(summary="From the seed's own example", value=example)}
 
 
-_FILE_FORM = RequestBody(
-    required=True,
-    content={
-        "multipart/form-data": OpenAPIMediaType(
-            schema=Schema(
-                type=OpenAPIType.OBJECT,
-                required=["file"],
-                properties={"file": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)},
+def file_form(file_description: str | None = None, **fields: Schema) -> RequestBody:
+    """A multipart body with a `file` part and these text fields: what the streamed upload routes read."""
+    file = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY, description=file_description)
+    return RequestBody(
+        required=True,
+        content={
+            "multipart/form-data": OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.OBJECT, required=["file"], properties={"file": file, **fields})
             )
-        )
-    },
-)
+        },
+    )
+
+
+_FILE_FORM = file_form()
 
 _ERROR_SCHEMAS: dict[str, Schema] = {
     "ValidationError": Schema(

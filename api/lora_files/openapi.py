@@ -5,41 +5,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIType, Operation, RequestBody, Schema
 
+from api.contract import file_form
 from streams.naming import ADMIN_ENTITY_TYPES, DEFAULT_ENTITY_TYPE, USER_ENTITY_TYPES, EntityType
 
 
 def _upload_body(entity_types: frozenset[EntityType]) -> RequestBody:
     names = sorted(e.value for e in entity_types)
-    return RequestBody(
-        required=True,
-        content={
-            "multipart/form-data": OpenAPIMediaType(
-                schema=Schema(
-                    type=OpenAPIType.OBJECT,
-                    required=["file"],
-                    properties={
-                        "file": Schema(
-                            type=OpenAPIType.STRING,
-                            format=OpenAPIFormat.BINARY,
-                            description="The LoRA model file to upload (.safetensors .ckpt .pt .pth .bin, 500 MiB)",
-                        ),
-                        "entity_type": Schema(
-                            type=OpenAPIType.STRING,
-                            enum=names,
-                            default=DEFAULT_ENTITY_TYPE.value,
-                            description=f"The entity type ({', '.join(names)})",
-                        ),
-                        "use_safe_filename": Schema(
-                            type=OpenAPIType.BOOLEAN,
-                            default=True,
-                            description="Whether to enable automatic versioning for duplicate filenames",
-                        ),
-                    },
-                )
-            )
-        },
+    return file_form(
+        "The LoRA model file to upload (.safetensors .ckpt .pt .pth .bin, 500 MiB)",
+        entity_type=Schema(
+            type=OpenAPIType.STRING,
+            enum=names,
+            default=DEFAULT_ENTITY_TYPE.value,
+            description=f"The entity type ({', '.join(names)})",
+        ),
+        use_safe_filename=Schema(
+            type=OpenAPIType.BOOLEAN,
+            default=True,
+            description="Whether to enable automatic versioning for duplicate filenames",
+        ),
     )
 
 
