@@ -16,6 +16,7 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import Principal, admin_only
 from api.commands import CommandBus
+from api.contract import answers
 from api.deployments.answers import deploy_answer, node_answer, status_of
 from api.deployments.schemas import Deploy, DeployLLMIn, DeployUpdateIn, NodeList
 from api.errors import Forbidden, NotFound
@@ -59,7 +60,13 @@ def _answer(found: Found, status_code: int = 200) -> Response[Any]:
     return Response(deploy_answer(*found).model_dump(mode="json"), status_code=status_code)
 
 
-@post("/deploy/llm", tags=["deployments"], status_code=200, summary="Deploy an LLM (seed 003)")
+@post(
+    "/deploy/llm",
+    tags=["deployments"],
+    status_code=200,
+    summary="Deploy an LLM (seed 003)",
+    opt=answers(s403="`shared` is true and the key is not an admin key"),
+)
 async def create_deployment(
     data: JSONBody[DeployLLMIn],
     request: Request[Principal, str, State],
