@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, Field
 
 
 def _an_integer(value: Any) -> Any:
@@ -23,6 +23,11 @@ def _a_boolean(value: Any) -> Any:
 
 JsonInt = Annotated[int, BeforeValidator(_an_integer)]
 JsonBool = Annotated[bool, BeforeValidator(_a_boolean)]
+
+# An adapter version in a body: as many digits as `name@vN` takes (api.gateway.routing), so no number a client
+# sends overflows a database column.
+MAX_VERSION = 999_999_999
+Version = Annotated[JsonInt, Field(ge=1, le=MAX_VERSION)]
 
 
 class ApiKeyRef(BaseModel):

@@ -302,6 +302,12 @@ def test_serving_a_lora_refuses_bad_input_with_the_field(user: Api) -> None:
     assert "does not exist" in refused(nowhere, 404, ["body", "deploy_id"])
     unknown = user.post("/deploy/lora", json={"deploy_id": deploy_id, "lora_name": f"nothing-{uuid.uuid4().hex}"})
     assert "does not exist" in refused(unknown, 404, ["body", "lora_name"])
+    for huge in (3828269151575406874198016, 10**9):
+        # a version past any the registry can hold is a 422, not an overflow in the read model (found by the fuzzer)
+        served = {"deploy_id": deploy_id, "lora_name": "x", "version": huge}
+        refused(user.post("/deploy/lora", json=served), 422, ["body", "version"])
+        checked = {"deploy_id": deploy_id, "version": huge}
+        refused(user.post("/api/v1/lora/x/check", json=checked), 422, ["body", "version"])
     not_served = user.delete(f"/deploy/{deploy_id}/lora/unserved", params=WAIT)
     assert "does not serve" in refused(not_served, 404, ["path", "lora_name"])
 

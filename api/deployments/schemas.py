@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.schemas import JsonBool, JsonInt
+from api.schemas import JsonBool, JsonInt, Version
 from streams.deployments import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_LORA_RANK,
@@ -88,14 +88,14 @@ class DeployLoraIn(BaseModel):
     lora_name: str = Field(
         min_length=1, max_length=512, description="The LoRA's name (Empower, DeepInfra), or `workspace/name` (NeMo)"
     )
-    version: JsonInt | None = Field(None, ge=1, description="A stored version; default: the newest stored one")
+    version: Version | None = Field(None, description="A stored version; default: the newest stored one")
 
 
 class LoraCheckIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     deploy_id: str = Field(min_length=1, max_length=255)
-    version: JsonInt | None = Field(None, ge=1)
+    version: Version | None = None
 
 
 class LoraCheck(BaseModel):
