@@ -230,4 +230,12 @@ def dataset_problems(
                 break
     if len(items) > MAX_ITEMS:
         problems.append(DatasetProblem(("body", where), f"at most {MAX_ITEMS} items per evaluation"))
+    if where == "items" and sum(len(i.prompt) + len(i.reference or "") for i in items) > MAX_INLINE_CHARS:
+        problems.append(
+            DatasetProblem(
+                ("body", where),
+                f"inline items hold at most {MAX_INLINE_CHARS} characters: upload a larger dataset as a JSONL file "
+                "(POST /api/v1/evaluation/datasets) and name its dataset_id",
+            )
+        )
     return problems

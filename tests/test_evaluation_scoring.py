@@ -82,7 +82,13 @@ def test_metrics_that_compare_with_a_reference_need_one_on_every_item() -> None:
     assert problem.loc == ("body", "items", 1, "reference") and "exact_match" in problem.msg
     assert dataset_problems(items[:1], (Metric.PERPLEXITY, Metric.ROUGE_L)) == []
     too_many = [DatasetItem(prompt="a", reference="b")] * (MAX_ITEMS + 1)
-    assert [p.loc for p in dataset_problems(too_many, (Metric.CONTAINS,))] == [("body", "items")]
+    assert [p.loc for p in dataset_problems(too_many, (Metric.CONTAINS,), where="dataset_id")] == [
+        ("body", "dataset_id")
+    ]
+    big = [DatasetItem(prompt="p" * 10_000, reference="r")] * 30
+    [inline] = dataset_problems(big, (Metric.CONTAINS,))
+    assert inline.loc == ("body", "items") and "JSONL file" in inline.msg
+    assert dataset_problems(big, (Metric.CONTAINS,), where="dataset_id") == []
 
 
 # --- figures -------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
+from minio.error import S3Error
 
 from api.auth import Principal, admin_only
 from api.commands import CommandBus
@@ -28,6 +29,7 @@ from api.deployments.adapters import serves_base_model
 from api.errors import Conflict, NotFound, Unprocessable
 from api.evaluations.schemas import (
     AdapterRef,
+    DatasetOut,
     DeploymentForEvaluation,
     EvaluationHealth,
     EvaluationIn,
@@ -37,17 +39,22 @@ from api.evaluations.schemas import (
 from api.params import Page, PageSize, Wait
 from api.readmodel import adapter_queries, deployment_queries, evaluation_queries
 from api.schemas import Pagination
+from api.uploads import UPLOAD_ROUTE_OPTIONS, stage_upload
+from infra.s3_objects import store_blob_from_object
 from streams import deployments as deployment_contract
 from streams.adapters import DEFAULT_WORKSPACE, adapter_id, public_name
+from streams.artifacts import blob_key
 from streams.evaluations import (
     CancelEvaluation,
     DatasetItem,
+    DatasetProblem,
     EvaluationSpec,
     EvaluationStatus,
     RequestEvaluation,
     Sampling,
     Target,
     dataset_problems,
+    parse_jsonl,
 )
 
 Row = dict[str, Any]
@@ -57,6 +64,7 @@ IMAGE_FORMATS = frozenset({"kohya_image", "diffusers_image"})
 HEARTBEAT_PREFIX = "evaluations/agents/"  # agents.evaluations.runner writes them
 ALIVE_WITHIN_S = 30.0
 DECIDED_WITHIN_S = 5.0
+MAX_DATASET_BYTES = 32 << 20
 ACCEPTED = answers(s202="The run is requested (or still running when `?wait=` ran out): its status so far")
 
 
@@ -151,9 +159,18 @@ async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
         baseline = _target(b_workspace, b_name, b_row)
     else:
         baseline = Target(model=deployment["model_name"])
-    items = tuple(DatasetItem(prompt=i.prompt, reference=i.reference) for i in data.items)
     metrics = tuple(dict.fromkeys(data.metrics))
-    if problems := dataset_problems(items, metrics):
+    if (data.items is None) == (data.dataset_id is None):
+        raise Unprocessable("give the dataset as `items` or as `dataset_id`, one of them", loc=["body", "items"])
+    if data.items is not None:
+        items = tuple(DatasetItem(prompt=i.prompt, reference=i.reference) for i in data.items)
+        where, dataset_key = "items", None
+    else:
+        assert data.dataset_id is not None
+        dataset_key = blob_key(data.dataset_id)
+        items = tuple(await _uploaded_dataset(state, dataset_key))
+        where = "dataset_id"
+    if problems := dataset_problems(items, metrics, where=where):
         raise Unprocessable(problems[0].msg, loc=list(problems[0].loc))
     return EvaluationSpec(
         adapter=_target(workspace, name, row),
@@ -163,8 +180,50 @@ async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
         base_model=base_model,
         metrics=metrics,
         sampling=Sampling(temperature=data.temperature, max_tokens=data.max_tokens),
-        items=items,
+        items=items if dataset_key is None else None,
+        dataset_key=dataset_key,
         item_count=len(items),
+    )
+
+
+async def _uploaded_dataset(state: State, key: str) -> list[DatasetItem]:
+    try:
+        data = await asyncio.to_thread(_read, state, key)
+    except S3Error:
+        raise Unprocessable("no dataset was uploaded with this id", loc=["body", "dataset_id"]) from None
+    parsed = parse_jsonl(data)
+    if isinstance(parsed, DatasetProblem):  # stored only once it parsed: not expected
+        raise Unprocessable(parsed.msg, loc=["body", "dataset_id"])
+    return parsed
+
+
+@post(
+    f"{BASE}/datasets",
+    status_code=201,
+    tags=TAGS,
+    summary="Upload a JSONL dataset for evaluations",
+    guards=[admin_only],
+    **UPLOAD_ROUTE_OPTIONS,
+)
+async def upload_dataset(request: Request[Principal, str, State], state: State) -> DatasetOut:
+    """A JSONL file (`file`, multipart), one `{"prompt", "reference"?}` per line, streamed to S3 and checked line by
+    line (422 names the line); stored once by content. Its id goes into POST /api/v1/evaluation as `dataset_id`."""
+    staged = await stage_upload(request, s3=state.s3, bucket=state.settings.s3_bucket, max_bytes=MAX_DATASET_BYTES)
+    try:
+        if staged.file is None:
+            raise Unprocessable("a file is required", loc=["body", "file"])
+        file = staged.file
+        parsed = parse_jsonl(await asyncio.to_thread(_read, state, file.key))
+        if isinstance(parsed, DatasetProblem):
+            raise Unprocessable(parsed.msg, loc=list(parsed.loc))
+        await asyncio.to_thread(store_blob_from_object, state.s3, state.settings.s3_bucket, file.key, file.sha256)
+    finally:
+        await staged.discard_within(state.s3)
+    return DatasetOut(
+        dataset_id=file.sha256,
+        items=len(parsed),
+        with_reference=sum(1 for item in parsed if item.reference),
+        size=file.size,
     )
 
 
@@ -353,6 +412,7 @@ async def cancel_evaluation(
 
 
 ROUTES: list[Any] = [
+    upload_dataset,
     run_evaluation,
     list_evaluations,
     evaluation_health,

@@ -39,7 +39,14 @@ class EvaluationIn(_Closed):
     deploy_id: str | None = Field(
         None, max_length=255, description="The deployment to run on (default: a running one of the base model)"
     )
-    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS, description="The dataset: prompt and reference")
+    items: list[ItemIn] | None = Field(
+        None, min_length=1, max_length=MAX_ITEMS, description="The dataset inline: prompt and reference (or dataset_id)"
+    )
+    dataset_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="A JSONL dataset uploaded with POST /api/v1/evaluation/datasets (or items)",
+    )
     metrics: list[Metric] = Field(
         default_factory=lambda: [Metric.PERPLEXITY], min_length=1, max_length=len(Metric), description="What to score"
     )
@@ -103,3 +110,10 @@ class EvaluationHealth(BaseModel):
     last_heartbeat: datetime | None
     queue_depth: int  # runs not finished
     deployments: list[DeploymentForEvaluation]  # running deployments an evaluation can run on
+
+
+class DatasetOut(BaseModel):
+    dataset_id: str  # the sha256 of the file: name it as `dataset_id` in POST /api/v1/evaluation
+    items: int
+    with_reference: int  # items that have a `reference`
+    size: int
