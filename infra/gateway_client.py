@@ -1,5 +1,6 @@
 """A client of loraplane's own inference gateway (`/v1/completions`), for the platform's processes that call models
-(the evaluation agent). It asks what an evaluation needs of vLLM: token ids, prompt log-probabilities, completions.
+(the evaluation agent). It asks what an evaluation needs of vLLM: token ids, next-token log-probabilities,
+completions.
 
 What a retry can cure is retried here (an adapter still loading answers 503 with `Retry-After`; a key made a moment
 ago is not known to the gateway yet: 401; an engine that broke off: 502/504); anything else raises `GatewayRefused`
@@ -47,7 +48,7 @@ def internal_api_key(box: SecretBox, purpose: str) -> InternalKey:
 class Completion:
     text: str
     prompt_token_ids: list[int] | None
-    prompt_logprobs: list[dict[str, Any] | None] | None
+    top_logprobs: list[dict[str, Any]] | None
 
 
 class GatewayClient:
@@ -75,13 +76,26 @@ class GatewayClient:
             raise GatewayRefused("the engine returned no prompt_token_ids")
         return answer.prompt_token_ids
 
-    async def prompt_logprobs(self, model: str, token_ids: list[int]) -> list[dict[str, Any] | None]:
-        """The log-probability of every token of `token_ids` given those before it (the first has none)."""
-        body = {"model": model, "prompt": token_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+    async def next_token_logprobs(self, model: str, token_ids: list[int], target: int) -> dict[str, Any]:
+        """The engine's log-probabilities at the position after `token_ids`, `target`'s among them (vLLM's
+        `logprob_token_ids`, keyed `token_id:<id>`): the raw log-softmax of the model, whatever is sampled.
+
+        Not `prompt_logprobs`, which would give every position at once: vLLM's CPU LoRA kernels (0.32) fail on it when
+        another request shares the step (the LoRA logits wrapper sizes its batch by requests, not positions), and
+        that failure kills the engine."""
+        body = {
+            "model": model,
+            "prompt": token_ids,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": 1,
+            "logprob_token_ids": [target],
+            "return_tokens_as_token_ids": True,
+        }
         answer = await self.complete(body)
-        if answer.prompt_logprobs is None:
-            raise GatewayRefused("the engine returned no prompt_logprobs")
-        return answer.prompt_logprobs
+        if not answer.top_logprobs:
+            raise GatewayRefused("the engine returned no logprobs")
+        return answer.top_logprobs[0]
 
     async def generate(self, model: str, prompt: str, *, max_tokens: int, temperature: float) -> str:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
@@ -99,7 +113,8 @@ class GatewayClient:
             else:
                 if response.status_code == 200:
                     choice = response.json()["choices"][0]
-                    return Completion(choice["text"], choice.get("prompt_token_ids"), choice.get("prompt_logprobs"))
+                    logprobs = choice.get("logprobs") or {}
+                    return Completion(choice["text"], choice.get("prompt_token_ids"), logprobs.get("top_logprobs"))
                 message = _message(response)
                 if response.status_code not in _RETRIED or attempt == self._attempts:
                     raise GatewayRefused(f"{body.get('model')}: the gateway answered {response.status_code}: {message}")

@@ -17,9 +17,9 @@ from agents.evaluations.scoring import (
     exact_match,
     perplexity,
     progress_step,
-    reference_logprobs,
     rouge_l,
     side_record,
+    token_logprob,
 )
 from api.auth import hash_key, key_id_of
 from infra.gateway_client import internal_api_key
@@ -94,22 +94,13 @@ def test_metrics_that_compare_with_a_reference_need_one_on_every_item() -> None:
 # --- figures -------------------------------------------------------------------------------------------------------
 
 
-def test_reference_logprobs_are_the_prompt_logprobs_of_the_tokens_after_the_prompt() -> None:
-    token_ids = [1, 7, 9, 4]
-    answer = [
-        None,
-        {"7": {"logprob": -1.0, "rank": 1}},
-        {"9": {"logprob": -0.5, "rank": 2}, "3": {"logprob": -0.2, "rank": 1}},
-        {"4": {"logprob": -2.0, "rank": 1}},
-    ]
-    assert reference_logprobs(answer, token_ids, 2) == [-0.5, -2.0]
+def test_a_token_s_logprob_is_read_from_vllm_s_top_logprobs_keyed_by_token_id() -> None:
+    answer = {"token_id:9": -0.5, "token_id:3": -0.2}
+    assert token_logprob(answer, 9, 4) == -0.5
+    assert token_logprob({"token_id:9": {"logprob": -1.5}}, 9, 4) == -1.5
+    with pytest.raises(EngineAnswerError, match="no log-probability for token 4 at position 7"):
+        token_logprob(answer, 4, 7)
     assert perplexity([-0.5, -2.0]) == pytest.approx(math.exp(1.25))
-    with pytest.raises(EngineAnswerError, match="no log-probability for token 4"):
-        reference_logprobs([*answer[:3], {"5": {"logprob": -1.0}}], token_ids, 2)
-    with pytest.raises(EngineAnswerError, match="3 prompt log-probabilities for 4 tokens"):
-        reference_logprobs(answer[:3], token_ids, 2)
-    with pytest.raises(EngineAnswerError, match="starts at token 4"):
-        reference_logprobs(answer, token_ids, 4)
 
 
 def test_text_metrics() -> None:

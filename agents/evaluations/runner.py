@@ -33,9 +33,9 @@ from agents.evaluations.scoring import (
     SideScore,
     aggregate,
     progress_step,
-    reference_logprobs,
     side_record,
     text_scores,
+    token_logprob,
 )
 from agents.state import AgentState
 from infra.gateway_client import GatewayClient, GatewayRefused, InternalKey, internal_api_key
@@ -245,7 +245,13 @@ class EvaluationJobs:
     ) -> SideScore:
         logprobs = None
         if token_ids is not None:
-            logprobs = reference_logprobs(await gateway.prompt_logprobs(target.model, token_ids), token_ids, start)
+            ids = token_ids
+
+            async def at(position: int) -> float:
+                answer = await gateway.next_token_logprobs(target.model, ids[:position], ids[position])
+                return token_logprob(answer, ids[position], position)
+
+            logprobs = list(await asyncio.gather(*(at(p) for p in range(start, len(ids)))))
         text = None
         scores: dict[str, float] = {}
         if any(m in GENERATIVE for m in spec.metrics):

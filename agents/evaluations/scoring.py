@@ -2,8 +2,8 @@
 
 Perplexity of a reference given a prompt follows lm-evaluation-harness's log-likelihood: the prompt is tokenized as
 the engine tokenizes a prompt (its special tokens included), the reference on its own without special tokens, the two
-token lists are joined, and the engine returns the log-probability of every prompt token given those before it
-(vLLM's `prompt_logprobs`). The reference's tokens are the ones after the prompt's. A dataset's perplexity is
+token lists are joined, and the log-probability of each reference token given every token before it is asked of the
+engine (the raw log-softmax at the next position, vLLM's `logprob_token_ids`). A dataset's perplexity is
 exp(total negative log-likelihood / total reference tokens): the tokens of a long reference weigh as much as those of
 many short ones, as a corpus perplexity does.
 """
@@ -23,25 +23,14 @@ class EngineAnswerError(ValueError):
     """The engine's answer lacks what a figure is computed from."""
 
 
-def reference_logprobs(
-    prompt_logprobs: Sequence[Mapping[str, Any] | None], token_ids: Sequence[int], start: int
-) -> list[float]:
-    """The log-probabilities of `token_ids[start:]` from vLLM's `prompt_logprobs` (one entry per prompt token, the
-    first None; each maps token ids, as strings, to `{"logprob": ...}` and always holds the prompt's own token)."""
-    if len(prompt_logprobs) != len(token_ids):
-        raise EngineAnswerError(f"{len(prompt_logprobs)} prompt log-probabilities for {len(token_ids)} tokens")
-    if not 0 < start < len(token_ids):
-        raise EngineAnswerError(f"the reference starts at token {start} of {len(token_ids)}")
-    found = []
-    for position in range(start, len(token_ids)):
-        entry = prompt_logprobs[position]
-        token = str(token_ids[position])
-        if entry is None or token not in entry:
-            raise EngineAnswerError(f"no log-probability for token {token} at position {position}")
-        value = entry[token]
-        logprob = value["logprob"] if isinstance(value, Mapping) else value
-        found.append(float(logprob))
-    return found
+def token_logprob(top_logprobs: Mapping[str, Any], token_id: int, position: int) -> float:
+    """The log-probability of `token_id` from one position's `top_logprobs` as vLLM answers them with
+    `return_tokens_as_token_ids` (keys `token_id:<id>`)."""
+    value = top_logprobs.get(f"token_id:{token_id}")
+    if value is None:
+        raise EngineAnswerError(f"no log-probability for token {token_id} at position {position}")
+    logprob = value["logprob"] if isinstance(value, Mapping) else value
+    return float(logprob)
 
 
 def perplexity(logprobs: Sequence[float]) -> float:

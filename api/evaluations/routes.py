@@ -60,7 +60,8 @@ from streams.evaluations import (
 Row = dict[str, Any]
 BASE = "/api/v1/evaluation"
 TAGS = ["admin", "evaluation"]
-IMAGE_FORMATS = frozenset({"kohya_image", "diffusers_image"})
+IMAGE_FORMATS = frozenset({"kohya_image", "diffusers_image"})  # agents.validation.lora_format
+PEFT_LLM = "peft_llm"
 HEARTBEAT_PREFIX = "evaluations/agents/"  # agents.evaluations.runner writes them
 ALIVE_WITHIN_S = 30.0
 DECIDED_WITHIN_S = 5.0
@@ -140,7 +141,7 @@ async def _deployment(state: State, deploy_id: str | None, base_model: str) -> R
 
 async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
     workspace, name, row = await _stored(state, data.adapter, ["body", "adapter"])
-    if (row["analysis"] or {}).get("format") not in (None, "peft"):
+    if (row["analysis"] or {}).get("format") not in (None, PEFT_LLM):
         raise Unprocessable(f"adapter {data.adapter.name!r} is not a PEFT LoRA", loc=["body", "adapter", "name"])
     base_model = _base_model(row)
     if not base_model:
