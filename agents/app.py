@@ -17,6 +17,8 @@ from agents.artifacts.jobs import ArtifactJobs
 from agents.cluster import CLUSTER
 from agents.deployment_instances import DeploymentInstances
 from agents.deployments import DEPLOYMENTS
+from agents.evaluations.aggregate import EVALUATIONS
+from agents.evaluations.runner import EvaluationJobs
 from agents.filesets import FILESETS
 from agents.lora_files import LORA_DIRS
 from agents.node.desired import cluster_of
@@ -35,7 +37,7 @@ from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
-AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS, DEPLOYMENTS, CLUSTER, USAGE)
+AGGREGATES = (WORKSPACES, API_KEYS, ADAPTERS, LORA_DIRS, FILESETS, DEPLOYMENTS, CLUSTER, USAGE, EVALUATIONS)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -56,12 +58,14 @@ def create_app(settings: Settings) -> faust.App:
         consumer_group_instance_id=settings.worker_instance_id,
         producer_acks=-1,
     )
-    jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), open_secret_box(settings))
+    secrets = open_secret_box(settings)
+    jobs = ArtifactJobs(settings, lambda command: processor.send_command(command), secrets)
+    evaluation_jobs = EvaluationJobs(settings, lambda command: processor.send_command(command), secrets)
     instances = DeploymentInstances(lambda command: processor.send_command(command))
     processor = CommandProcessor(
         settings,
         AGGREGATES,
-        observers=[jobs, instances],
+        observers=[jobs, instances, evaluation_jobs],
         follow_ups=[deployment_instances.follow_ups, adapter_deployments.follow_ups],
         snapshots_as="worker",
     )
@@ -92,6 +96,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     async def _stop_processor(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await jobs.stop()
+        await evaluation_jobs.stop()
         await instances.stop()
         await processor.stop()
 

@@ -21,6 +21,7 @@ from api.deployments.adapters import ROUTES as DEPLOYMENT_ADAPTER_ROUTES
 from api.deployments.routes import ROUTES as DEPLOYMENT_ROUTES
 from api.empower.routes import ROUTES as EMPOWER_ROUTES
 from api.errors import EXCEPTION_HANDLERS
+from api.evaluations.routes import ROUTES as EVALUATION_ROUTES
 from api.events.routes import ROUTES as EVENT_ROUTES
 from api.gateway.metrics import metrics
 from api.gateway.openapi import document_proxied_routes
@@ -97,6 +98,7 @@ def create_app(settings: Settings, span_exporter: SpanExporter | None = None) ->
             ApiKeyController,
             *EMPOWER_ROUTES,
             *LORA_FILE_ROUTES,
+            *EVALUATION_ROUTES,
             *NEMO_ROUTES,
             *DEPLOYMENT_ROUTES,
             *DEPLOYMENT_ADAPTER_ROUTES,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 import threading
@@ -181,13 +183,20 @@ class SealedSecret:
 class SecretBox:
     """Seals and opens secrets under one master key, keeping each secret's data key in `keys`."""
 
-    __slots__ = ("_keys", "_master")
+    __slots__ = ("_derive", "_keys", "_master")
 
     def __init__(self, master_key: bytes, keys: KeyStore) -> None:
         if len(master_key) != MASTER_KEY_BYTES:
             raise ValueError(f"the master key must be {MASTER_KEY_BYTES} bytes, not {len(master_key)}")
         self._master = AESGCM(master_key)
         self._keys = keys
+        # A key of its own for derived values, so nothing derived ever equals a use of the master key itself.
+        self._derive = hmac.new(master_key, b"loraplane:derive", hashlib.sha256).digest()
+
+    def derive(self, purpose: str) -> str:
+        """A secret every process holding the master key derives alike (hex, 256 bits): e.g. the API key of one of
+        the platform's own processes, which needs no storage. Different purposes give unrelated values."""
+        return hmac.new(self._derive, _context(purpose), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
         return f"SecretBox(keys={type(self._keys).__name__})"

@@ -157,6 +157,15 @@ class Settings(BaseSettings):
     # How often a gateway process sends the usage it counted (at most; nothing is sent when there was none).
     gateway_usage_flush_s: float = Field(10.0, gt=0, validation_alias=_env("LORAPLANE_GATEWAY_USAGE_FLUSH_S"))
 
+    # Evaluations (agents/evaluations/): the gateway the evaluation agent sends its requests to (default: the API's
+    # URL, which serves the gateway under `loraplane up`), and how many items one run scores at once.
+    evaluation_gateway_url: str | None = Field(None, validation_alias=_env("LORAPLANE_EVALUATION_GATEWAY_URL"))
+    evaluation_concurrency: int = Field(4, ge=1, le=64, validation_alias=_env("LORAPLANE_EVALUATION_CONCURRENCY"))
+
+    @property
+    def evaluation_gateway(self) -> str:
+        return (self.evaluation_gateway_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
     @property
     def node_cache(self) -> Path:
         return self.node_cache_dir or self.data_dir / "node-cache"

@@ -18,6 +18,7 @@ CREATED_BY = frozenset(
         "fileset.file_added",
         "deployment.created",
         "usage.recorded",
+        "evaluation.requested",
     }
 )
 # Events after which an aggregate's name is free again: the next creation may be another team's.

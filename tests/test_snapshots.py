@@ -59,6 +59,7 @@ from streams.deployments import (
     Weights,
 )
 from streams.envelope import SYSTEM_ACTOR, Payload
+from streams.evaluations import DatasetItem, EvaluationSpec, Metric, ReportEvaluationProgress, RequestEvaluation, Target
 from streams.filesets import AddFilesetFile, StoreFilesetFile
 from streams.lora_files import (
     CompleteLoraFile,
@@ -224,6 +225,22 @@ def realistic_state() -> AgentState:
     )
     row = UsageRow(minute=now, model="tiny", requests=2, prompt_tokens=10, completion_tokens=3)
     send(state, "abcdef12", RecordUsage(api_key_id="abcdef12", gateway_id="g", rows=(row,)))
+    spec_e = EvaluationSpec(
+        adapter=Target(model="one@v1", adapter_id="default/one", version=1),
+        baseline=Target(model="tiny"),
+        deploy_id="d1",
+        engine_model="tiny",
+        base_model="o/t",
+        metrics=(Metric.PERPLEXITY, Metric.ROUGE_L),
+        items=(DatasetItem(prompt="a", reference="b"),),
+        item_count=1,
+    )
+    send(
+        state,
+        "e1",
+        RequestEvaluation(spec=spec_e),
+        ReportEvaluationProgress(items_done=1, items_total=1),
+    )
     return state
 
 

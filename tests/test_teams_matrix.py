@@ -102,6 +102,7 @@ class Red:
             "command_id": self.command_id,
             "key_id": "0000000000000000",
             "model": self.lora,
+            "evaluation_id": "0" * 32,  # admin routes only: any id is refused to a user key
         }
         if route.path.startswith("/v2/workspaces/{name}"):
             values["name"] = self.workspace

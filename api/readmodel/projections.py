@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from api.readmodel.deployment_projections import DEPLOYMENT_PROJECTIONS
+from api.readmodel.evaluation_projections import EVALUATION_PROJECTIONS
 from api.readmodel.registry_projections import REGISTRY_PROJECTIONS
 from api.readmodel.tables import api_keys, command_outcomes, owners, workspaces
 from api.readmodel.usage_projections import USAGE_BATCH_PROJECTIONS, USAGE_PROJECTIONS
@@ -85,6 +86,7 @@ PROJECTIONS: dict[str, Projection] = {
     **REGISTRY_PROJECTIONS,
     **DEPLOYMENT_PROJECTIONS,
     **USAGE_PROJECTIONS,
+    **EVALUATION_PROJECTIONS,
 }
 # Event types that change who owns an aggregate (project_owner).
 OWNERSHIP_EVENTS = CREATED_BY | ENDED_BY

@@ -301,3 +301,23 @@ usage_rows = Table(
     Column("completion_tokens", BigInteger, nullable=False),
     Column("gateway_id", String(255), nullable=False),
 )
+
+# Evaluations (streams.evaluations): one row per run, its figures once completed.
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("evaluation_id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),  # running | completed | failed | cancelled
+    Column("spec", JSON, nullable=False),  # streams.evaluations.EvaluationSpec, inline items included
+    Column("items_done", Integer, nullable=False, default=0),
+    Column("items_total", Integer, nullable=False),
+    Column("results", JSON),  # streams.evaluations.MetricResult, one per metric
+    Column("results_key", Text),
+    Column("reason", Text),
+    Column("version", Integer, nullable=False),
+    Column("correlation_id", String(64), nullable=False, index=True),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("creator_id", String(255), nullable=False),
+    Column("creator_name", String(255), nullable=False),
+)

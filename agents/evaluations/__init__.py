@@ -1,0 +1,1 @@
+"""Evaluations: an adapter scored against a baseline on a dataset (streams.evaluations), decided and run here."""

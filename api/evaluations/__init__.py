@@ -1,0 +1,1 @@
+"""Evaluation routes (seed 004): an adapter scored against a baseline on a dataset."""
