@@ -380,7 +380,8 @@ def _engines(served_name: str) -> list[psutil.Process]:
 
 
 def _port_of(engine: psutil.Process) -> int:
-    cmdline = engine.cmdline()
+    # The command line as read when the engine was listed: by now it may have exited (a zombie has none).
+    cmdline = engine.info["cmdline"]
     return int(cmdline[cmdline.index("--port") + 1])
 
 
