@@ -27,6 +27,7 @@ from typing import Any
 
 from minio import Minio
 
+from agents.background_sends import Send
 from agents.evaluations.aggregate import Evaluation
 from agents.evaluations.scoring import (
     EngineAnswerError,
@@ -66,7 +67,6 @@ from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Envelope], Awaitable[None]]
 KEY_PURPOSE = "evaluation-agent"
 HEARTBEAT_PREFIX = "evaluations/agents/"
 HEARTBEAT_EVERY_S = 5.0
