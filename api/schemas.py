@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field
@@ -55,3 +56,14 @@ class Pagination(BaseModel):
     current_page_size: int
     total_pages: int
     total_results: int
+
+    @classmethod
+    def of(cls, page: int, page_size: int, shown: int, total: int) -> Pagination:
+        """The pagination of a page showing `shown` of `total` results."""
+        return cls(
+            page=page,
+            page_size=page_size,
+            current_page_size=shown,
+            total_pages=math.ceil(total / page_size),
+            total_results=total,
+        )

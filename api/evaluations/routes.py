@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -296,13 +295,7 @@ async def list_evaluations(
     )
     return EvaluationList(
         data=[EvaluationOut.from_row(r) for r in rows],
-        pagination=Pagination(
-            page=page,
-            page_size=page_size,
-            current_page_size=len(rows),
-            total_pages=math.ceil(total / page_size),
-            total_results=total,
-        ),
+        pagination=Pagination.of(page, page_size, len(rows), total),
     )
 
 

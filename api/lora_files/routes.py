@@ -6,7 +6,6 @@ The seed's answers are synchronous, so these routes wait for the outcome by defa
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from litestar import Request, Response, delete, get, post
@@ -199,13 +198,7 @@ async def list_lora(
     )
     return LoraFileList(
         data=[LoraFileItem.from_row(r) for r in rows],
-        pagination=Pagination(
-            page=page,
-            page_size=page_size,
-            current_page_size=len(rows),
-            total_pages=math.ceil(total / page_size),
-            total_results=total,
-        ),
+        pagination=Pagination.of(page, page_size, len(rows), total),
     )
 
 

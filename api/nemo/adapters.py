@@ -7,7 +7,6 @@ once that is decided: 201 when ready, 422 with the reason when rejected.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, patch, post
@@ -143,13 +142,7 @@ async def list_adapters(
     shown = adapters[start : start + page_size]
     return NemoAdapterList(
         data=shown,
-        pagination=Pagination(
-            page=page,
-            page_size=page_size,
-            current_page_size=len(shown),
-            total_pages=math.ceil(len(adapters) / page_size),
-            total_results=len(adapters),
-        ),
+        pagination=Pagination.of(page, page_size, len(shown), len(adapters)),
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
@@ -58,13 +57,7 @@ class WorkspaceController(Controller):
         )
         return WorkspaceList(
             data=[Workspace.from_row(r) for r in rows],
-            pagination=Pagination(
-                page=page,
-                page_size=page_size,
-                current_page_size=len(rows),
-                total_pages=math.ceil(total / page_size),
-                total_results=total,
-            ),
+            pagination=Pagination.of(page, page_size, len(rows), total),
         )
 
     @get("/{name:str}", summary="Get a workspace", opt=owns(WORKSPACE_NAME))
