@@ -180,12 +180,12 @@ def print_hops(stack: Stack) -> None:
     """Where the time of a create goes: API -> decision (the command's and the event's occurred_at)."""
     sent = {
         r.json()["command_id"]: datetime.fromisoformat(r.json()["occurred_at"])
-        for r in read_topic(stack.bootstrap, COMMANDS.name)
+        for r in read_topic(stack, COMMANDS.name)
         if r.json().get("type") == "workspace.create"
     }
     hops = sorted(
         (datetime.fromisoformat(e["occurred_at"]) - sent[e["command_id"]]).total_seconds()
-        for e in (r.json() for r in read_topic(stack.bootstrap, EVENTS.name))
+        for e in (r.json() for r in read_topic(stack, EVENTS.name))
         if e.get("type") == "workspace.created" and e["command_id"] in sent
     )
     if hops:

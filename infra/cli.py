@@ -56,6 +56,7 @@ async def _up(settings: Settings) -> int:
 
     data_dir = settings.data_dir.resolve()
     stack = LocalStack(settings, log=_say)
+    keeper: asyncio.Task[None] | None = None
     # Until run_until_signal() takes over, a signal cancels the start-up (and `finally` cleans up).
     # Installed first thing: a shell starts background jobs with SIGINT ignored.
     loop = asyncio.get_running_loop()
@@ -104,6 +105,12 @@ async def _up(settings: Settings) -> int:
             _say(f"  node:     {settings.node_id or socket.gethostname()}  (log {data_dir / 'logs' / 'node.log'})")
         _say("  first key: loraplane keys create --role admin --name me   (in another shell)")
         _say("Ctrl-C stops everything")
+        if settings.embedded_kafka:
+            # The stack's own process keeps the broker's partitions short (infra/log_keeper.py).
+            from infra.log_keeper import LogKeeper
+
+            served = {"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"], "s3_endpoint": env["S3_ENDPOINT"]}
+            keeper = asyncio.create_task(LogKeeper(settings.model_copy(update=served), _say).run())
         failed = await stack.run_until_signal()
         if failed is not None:
             _say(f"{failed.name} failed (exit code {failed.code}); stopping the stack")
@@ -114,6 +121,10 @@ async def _up(settings: Settings) -> int:
         return 130
     finally:
         _say("stopping")
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
         await stack.stop()
         (data_dir / STACK_ENV).unlink(missing_ok=True)
         _say("stopped")

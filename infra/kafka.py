@@ -13,12 +13,18 @@ from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
+from infra.archive_consumer import ArchiveAwareConsumer
+from infra.log_archive import LogArchive
+from infra.s3 import make_client as make_s3_client
 from infra.settings import Settings
 from streams.envelope import Envelope
 from streams.serialization import MessageDecodeError, decode, encode, headers_for, key_for
-from streams.topics import TopicSpec
+from streams.topics import EVENTS, TopicSpec
 
 _log = logging.getLogger(__name__)
+
+# The topics the embedded broker's log keeper archives before trimming (commands are only trimmed once decided).
+ARCHIVED_TOPICS = frozenset({EVENTS.name})
 
 OnRecords = Callable[[TopicPartition, list[ConsumerRecord[Any, Any]]], Awaitable[None] | None]
 
@@ -61,6 +67,9 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafk
         "request_timeout_ms": 15_000,
     }
     options.update(overrides)
+    if settings.log_archive:
+        archive = LogArchive(make_s3_client(settings), settings.broker_log_bucket)
+        return ArchiveAwareConsumer(*topics, archive=archive, archived_topics=ARCHIVED_TOPICS, **options)
     return AIOKafkaConsumer(*topics, **options)
 
 

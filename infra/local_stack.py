@@ -178,6 +178,8 @@ class LocalStack:
         }
         if settings.embedded_kafka:
             self.env["LORAPLANE_KAFKA_FETCH_MAX_WAIT_MS"] = str(EMBEDDED_FETCH_MAX_WAIT_MS)
+            # The log keeper (started by `loraplane up`) archives and trims the broker's partitions.
+            self.env["LORAPLANE_LOG_ARCHIVE"] = "true"
         return dict(self.env)
 
     async def _start_seaweedfs(self) -> str:

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     # Bucket of the embedded broker's log (Tansu's `s3://` storage engine).
     broker_log_bucket: str = Field("loraplane-log", validation_alias=_env("LORAPLANE_BROKER_LOG_BUCKET"))
 
+    # The embedded broker's log keeper (infra/log_keeper.py): `loraplane up` sets LORAPLANE_LOG_ARCHIVE for its
+    # children when it runs Tansu, so readers find the archived part of loraplane.events in the broker's bucket.
+    log_archive: bool = Field(False, validation_alias=_env("LORAPLANE_LOG_ARCHIVE"))
+    # Record-batch objects the broker keeps per partition; a partition holding twice as many is archived and trimmed.
+    log_keep_batches: int = Field(200, ge=1, le=100_000, validation_alias=_env("LORAPLANE_LOG_KEEP_BATCHES"))
+    log_keeper_every_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("LORAPLANE_LOG_KEEPER_EVERY_S"))
+
     # Read model: SQLite under data_dir unless a URL is given (postgresql+asyncpg://...).
     database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
 

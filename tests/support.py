@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
-from infra.kafka import read_to_end, stop_quietly
+from infra.kafka import make_consumer, read_to_end, stop_quietly
+from infra.settings import Settings
 
 
 def free_port() -> int:
@@ -52,6 +53,18 @@ class Stack:
             capture_output=True,
             text=True,
             timeout=timeout,
+        )
+
+    def settings(self) -> Settings:
+        """The settings the stack's children run with (its broker, its S3, whether its log is archived)."""
+        env = self.env
+        return Settings(
+            kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+            s3_endpoint=env["S3_ENDPOINT"],
+            s3_access_key=env["S3_ACCESS_KEY"],
+            s3_secret_key=env["S3_SECRET_KEY"],
+            s3_bucket=env["S3_BUCKET"],
+            log_archive=env.get("LORAPLANE_LOG_ARCHIVE") == "true",
         )
 
     def pids(self) -> dict[str, int]:
@@ -143,16 +156,12 @@ class TopicRecord:
         return json.loads(self.value or b"null")
 
 
-def read_topic(bootstrap: str, topic: str) -> list[TopicRecord]:
-    """Every record of a topic, from offset 0 to its end as of now (the end as fetches report it)."""
+def read_topic(stack: Stack, topic: str) -> list[TopicRecord]:
+    """Every record of a topic, from offset 0 to its end as of now (the end as fetches report it). The part of
+    `loraplane.events` the embedded broker's log keeper archived is read from the archive, as every reader does."""
 
     async def read() -> list[TopicRecord]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=150,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
+        consumer = make_consumer(stack.settings(), fetch_max_wait_ms=150, max_partition_fetch_bytes=8 * 1024 * 1024)
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -172,7 +181,7 @@ def read_topic(bootstrap: str, topic: str) -> list[TopicRecord]:
 
 
 def events(stack: Stack) -> list[dict[str, Any]]:
-    return [r.json() for r in read_topic(stack.bootstrap, "loraplane.events")]
+    return [r.json() for r in read_topic(stack, "loraplane.events")]
 
 
 class RawProducer:

@@ -45,7 +45,7 @@ def test_a_decision_of_several_events_lands_whole_and_once_across_a_crash(user: 
         return any(i["node_id"] == node for i in user.get(f"/deploy/{deploy_id}").json()["instance_details"])
 
     wait_until(lambda: placed(first) and placed(second), timeout=60, message="both deployments placed")
-    records = [r for r in read_topic(stack.bootstrap, "loraplane.events")]
+    records = [r for r in read_topic(stack, "loraplane.events")]
     registered = [
         r for r in records if r.json()["type"] == "node.registered" and r.json()["payload"]["node_id"] == node
     ]
@@ -86,7 +86,7 @@ def test_a_crash_between_an_event_and_its_follow_up_loses_nothing(user: Api, sta
     wait_until(served, timeout=90, message="the LoRA served on the deployment after the restart")
     attached = [
         e
-        for e in (r.json() for r in read_topic(stack.bootstrap, "loraplane.events"))
+        for e in (r.json() for r in read_topic(stack, "loraplane.events"))
         if e["type"] == "deployment.adapter_attached" and e["aggregate_id"] == deploy_id
     ]
     assert len(attached) == 1, attached

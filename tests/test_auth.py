@@ -69,7 +69,7 @@ def test_keys_are_stored_only_as_digests(admin: Api, stack: Stack, admin_key: st
     issued = admin.post("/v2/admin/api-keys", params={"wait": 10}, json={"name": "digest-check"}).json()
     key = issued["key"]
     everything = b"".join(
-        (r.value or b"") for t in ("loraplane.commands", "loraplane.events") for r in read_topic(stack.bootstrap, t)
+        (r.value or b"") for t in ("loraplane.commands", "loraplane.events") for r in read_topic(stack, t)
     )
     assert key.encode() not in everything and admin_key.encode() not in everything
     assert hashlib.sha256(key.encode()).hexdigest().encode() in everything
@@ -82,7 +82,7 @@ def test_actor_is_recorded_on_commands_and_events(admin: Api, stack: Stack) -> N
     created = admin.post("/v2/workspaces", params={"wait": 10}, json={"name": "actor-check"})
     assert created.status_code in (201, 409)
     key_id = admin.get("/v2/workspaces/actor-check").json()["creator"]["api_key"]["id"]
-    commands = [r.json() for r in read_topic(stack.bootstrap, "loraplane.commands") if r.key == b"actor-check"]
+    commands = [r.json() for r in read_topic(stack, "loraplane.commands") if r.key == b"actor-check"]
     evts = [e for e in events(stack) if e["aggregate_id"] == "actor-check"]
     for message in [*commands[:1], *evts[:1]]:
         assert message["actor"] == {"type": "API_KEY", "id": key_id, "name": "test-admin", "team": "default"}

@@ -27,7 +27,7 @@ def test_poison_messages_go_to_the_dead_letter_topic(stack: Stack, user: Api) ->
     def dead() -> list[str]:
         return [
             r.headers["x-deadletter-reason"].decode()
-            for r in read_topic(stack.bootstrap, "loraplane.deadletter")
+            for r in read_topic(stack, "loraplane.deadletter")
             if r.key == marker.encode()
         ]
 

@@ -201,7 +201,7 @@ def test_the_hf_token_is_sealed_and_masked(user: Api, stack: Stack) -> None:
     ]
     assert created["payload"]["spec"]["weights"]["sealed_token"].startswith("v1.")
     for topic in (COMMANDS.name, EVENTS.name):
-        for record in read_topic(stack.bootstrap, topic):
+        for record in read_topic(stack, topic):
             raw = b"".join([record.key or b"", record.value or b"", *record.headers.values()])
             assert token[3:].encode() not in raw, f"the token in clear on {topic} at offset {record.offset}"
     for path in [*sorted((stack.data_dir / "logs").glob("*")), stack.data_dir / "up.log"]:

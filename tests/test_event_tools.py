@@ -198,7 +198,7 @@ def test_export_by_aggregate_offsets_and_time_to_a_file(stack: Stack, user: Api,
     tag = uuid.uuid4().hex[:8]
     names = [f"export-{tag}-{i}" for i in range(3)]
     create_workspaces(user, names)
-    mine = [r for r in read_topic(stack.bootstrap, "loraplane.events") if r.json()["aggregate_id"] in names]
+    mine = [r for r in read_topic(stack, "loraplane.events") if r.json()["aggregate_id"] in names]
     assert len(mine) == 3
 
     everything = events_cli(stack, "export", "--type", "workspace.")

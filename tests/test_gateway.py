@@ -174,7 +174,7 @@ def test_an_engine_s_key_is_in_no_log_topic_or_answer(stack: Stack, user: Api, s
     details = deployment(user, stub_node.deploy_id)["instance_details"]
     keys = [engine_key(stack, i["instance_id"]) for i in details]
     assert all(len(k) > 30 for k in keys)
-    places = {f"topic {t}": b"".join(r.value or b"" for r in read_topic(stack.bootstrap, t)) for t in TOPICS}
+    places = {f"topic {t}": b"".join(r.value or b"" for r in read_topic(stack, t)) for t in TOPICS}
     places["GET /deploy"] = json.dumps(details).encode()
     for log in [*stack.data_dir.glob("logs/*.log"), *stub_node.data_dir.glob("logs/*.log")]:
         places[str(log)] = log.read_bytes()

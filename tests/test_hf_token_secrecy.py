@@ -58,7 +58,7 @@ def test_the_token_is_nowhere_in_clear(stack: Stack, user: Api, hub_server: Fake
 
     secrets = (token.encode(), wrong.encode(), token[3:].encode(), wrong[3:].encode())
     for topic in (COMMANDS.name, EVENTS.name):
-        records = read_topic(stack.bootstrap, topic)
+        records = read_topic(stack, topic)
         assert any(name.encode() in (r.value or b"") for r in records), f"{topic} holds the registration"
         for record in records:
             raw = b"".join([record.key or b"", record.value or b"", *record.headers.values()])

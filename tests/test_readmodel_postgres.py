@@ -57,7 +57,7 @@ def test_replay_into_postgresql_equals_live(stack: Stack, user: Api, postgres_ur
     assert user.delete(f"/v2/workspaces/pg-{tag}-0", params={"wait": 10}).status_code == 204
 
     live = stack.data_dir / "readmodel.db"
-    total = len(read_topic(stack.bootstrap, "loraplane.events"))
+    total = len(read_topic(stack, "loraplane.events"))
     wait_until(
         lambda: sum(r[0] for r in sqlite3.connect(live).execute("SELECT next_offset FROM projection_offsets")) == total,
         message="the live read model to catch up",

@@ -25,7 +25,7 @@ def test_replay_equals_live(stack: Stack, user: Api, admin: Api, tmp_path: Path)
     assert admin.post("/v2/admin/api-keys", params={"wait": 10}, json={"name": f"k-{tag}"}).status_code == 201
 
     live = stack.data_dir / "readmodel.db"
-    total = len(read_topic(stack.bootstrap, "loraplane.events"))
+    total = len(read_topic(stack, "loraplane.events"))
     wait_until(
         lambda: sum(r[0] for r in sqlite3.connect(live).execute("SELECT next_offset FROM projection_offsets")) == total,
         message="the live read model to catch up",

@@ -42,7 +42,7 @@ def test_http_request_to_agent_decision_is_one_trace(stack: Stack, admin_key: st
         command_id = accepted.json()["command_id"]
 
     record = wait_until(
-        lambda: next((r for r in read_topic(stack.bootstrap, "loraplane.commands") if r.key == name.encode()), None),
+        lambda: next((r for r in read_topic(stack, "loraplane.commands") if r.key == name.encode()), None),
         message="the command on its topic",
     )
     assert "traceparent" in record.headers
@@ -65,7 +65,7 @@ def test_http_request_to_agent_decision_is_one_trace(stack: Stack, admin_key: st
 
     # the event the decision produced carries the same trace onwards
     produced = wait_until(
-        lambda: [r.json() for r in read_topic(stack.bootstrap, "loraplane.events") if r.key == name.encode()],
+        lambda: [r.json() for r in read_topic(stack, "loraplane.events") if r.key == name.encode()],
         message="the decision's event",
     )
     trace_id = f"{http.context.trace_id:032x}"

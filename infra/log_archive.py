@@ -1,0 +1,215 @@
+"""The archive of the embedded broker's log: closed stretches of a topic's partitions as segment objects in S3.
+
+Tansu's S3 engine stores one object per record batch and lists a partition's objects on every fetch below its end,
+so its cost grows with history (`../shared/notes/tansu.md`). The log keeper (`infra.log_keeper`) copies the older
+records of `loraplane.events` here and only then deletes their batch objects from the broker; readers whose position
+lies before what the broker still holds read these segments instead (`infra.archive_consumer`). Together they are
+the whole log: every offset from 0, once.
+
+A segment is `archive/{topic}/{partition:03}/{first offset:020}-{end offset:020}.jsonl.gz` in the broker's bucket
+(it lives and is reset with the broker's data): gzip'd JSON lines, a header line
+`{"format": 1, "topic", "partition", "first", "end", "records"}`, then one line per record, in offset order:
+`{"offset", "timestamp", "timestamp_type", "key", "value", "headers": [[name, value], ...]}` where each of `key`,
+`value` and a header's value is the UTF-8 text of the bytes, `{"base64": "..."}` when they are not UTF-8, or null.
+Offsets are contiguous from `first` to `end - 1`. Synchronous (the minio SDK is): call it in a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from minio import Minio
+from minio.error import S3Error
+
+PREFIX = "archive"
+FORMAT = 1
+_SUFFIX = ".jsonl.gz"
+_DIGITS = 20
+
+
+class ArchiveError(Exception):
+    """A segment that cannot be read as this module writes them."""
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    first: int  # the offset of its first record
+    end: int  # one past the offset of its last record
+    key: str
+
+
+def partition_prefix(tp: TopicPartition) -> str:
+    return f"{PREFIX}/{tp.topic}/{tp.partition:03d}/"
+
+
+def segment_key(tp: TopicPartition, first: int, end: int) -> str:
+    return f"{partition_prefix(tp)}{first:0{_DIGITS}d}-{end:0{_DIGITS}d}{_SUFFIX}"
+
+
+def parse_segment_key(tp: TopicPartition, key: str) -> Segment | None:
+    name = key.removeprefix(partition_prefix(tp))
+    if name == key or not name.endswith(_SUFFIX):
+        return None
+    first, sep, end = name.removesuffix(_SUFFIX).partition("-")
+    if not (sep and first.isdigit() and end.isdigit()) or int(end) <= int(first):
+        return None
+    return Segment(int(first), int(end), key)
+
+
+def _text(data: bytes | None) -> str | dict[str, str] | None:
+    if data is None:
+        return None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode()}
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict) and isinstance(value.get("base64"), str):
+        return base64.b64decode(value["base64"])
+    raise ArchiveError(f"not a text, base64 or null field: {value!r}")
+
+
+def encode_segment(tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]) -> bytes:
+    """One segment of `records`, which must be contiguous offsets of partition `tp`."""
+    if not records:
+        raise ValueError("a segment holds at least one record")
+    first = records[0].offset
+    for expected, record in enumerate(records, start=first):
+        if record.offset != expected:
+            raise ValueError(f"records of {tp} are not contiguous: {record.offset} where {expected} was due")
+    header = {
+        "format": FORMAT,
+        "topic": tp.topic,
+        "partition": tp.partition,
+        "first": first,
+        "end": first + len(records),
+        "records": len(records),
+    }
+    lines = [json.dumps(header)]
+    for record in records:
+        line = {
+            "offset": record.offset,
+            "timestamp": record.timestamp,
+            "timestamp_type": record.timestamp_type,
+            "key": _text(record.key),
+            "value": _text(record.value),
+            "headers": [[name, _text(value)] for name, value in record.headers],
+        }
+        lines.append(json.dumps(line, separators=(",", ":")))
+    return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=5)
+
+
+def decode_segment(tp: TopicPartition, data: bytes) -> list[ConsumerRecord[bytes, bytes]]:
+    try:
+        lines = gzip.decompress(data).decode().splitlines()
+        header = json.loads(lines[0])
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise ArchiveError(f"unreadable segment of {tp}: {exc}") from exc
+    if header.get("format") != FORMAT or header.get("topic") != tp.topic or header.get("partition") != tp.partition:
+        raise ArchiveError(f"a segment of {tp} with a foreign header: {header}")
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    for expected, line in enumerate(lines[1:], start=header["first"]):
+        try:
+            item = json.loads(line)
+            key, value = _bytes(item["key"]), _bytes(item["value"])
+            headers = [(str(name), _bytes(raw) or b"") for name, raw in item["headers"]]
+            offset = int(item["offset"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArchiveError(f"unreadable record in a segment of {tp}: {exc}") from exc
+        if offset != expected:
+            raise ArchiveError(f"a segment of {tp} has offset {offset} where {expected} was due")
+        out.append(
+            ConsumerRecord(
+                tp.topic,
+                tp.partition,
+                offset,
+                int(item["timestamp"]),
+                int(item["timestamp_type"]),
+                key,
+                value,
+                None,
+                len(key) if key is not None else -1,
+                len(value) if value is not None else -1,
+                headers,
+            )
+        )
+    if len(out) != header["records"] or (out and out[-1].offset + 1 != header["end"]):
+        raise ArchiveError(f"a segment of {tp} holds {len(out)} records, its header says {header['records']}")
+    return out
+
+
+def contiguous_end(segments: Iterable[Segment]) -> int:
+    """How far the segments cover a partition from offset 0 without a hole (0 when they do not start at 0)."""
+    end = 0
+    for segment in sorted(segments):
+        if segment.first > end:
+            break
+        end = max(end, segment.end)
+    return end
+
+
+class LogArchive:
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._cached: tuple[Segment, list[ConsumerRecord[bytes, bytes]]] | None = None
+
+    def segments(self, tp: TopicPartition) -> list[Segment]:
+        """Every segment of the partition, in offset order."""
+        try:
+            listed = self._client.list_objects(self._bucket, prefix=partition_prefix(tp))
+            found = [parse_segment_key(tp, item.object_name or "") for item in listed]
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return []
+            raise
+        return sorted(segment for segment in found if segment is not None)
+
+    def end(self, tp: TopicPartition) -> int:
+        """One past the last offset the archive holds contiguously from 0."""
+        return contiguous_end(self.segments(tp))
+
+    def put(self, tp: TopicPartition, records: Sequence[ConsumerRecord[Any, Any]]) -> Segment:
+        data = encode_segment(tp, records)
+        segment = Segment(records[0].offset, records[-1].offset + 1, "")
+        key = segment_key(tp, segment.first, segment.end)
+        self._client.put_object(self._bucket, key, io.BytesIO(data), len(data), content_type="application/gzip")
+        return Segment(segment.first, segment.end, key)
+
+    def read(
+        self, tp: TopicPartition, start: int, until: int, limit: int | None = None
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """The archived records of `tp` from `start` (inclusive) up to `until` (exclusive) that the segment holding
+        `start` has, at most `limit`; empty when no segment holds `start`."""
+        cached = self._cached
+        held = cached is not None and cached[0].key.startswith(partition_prefix(tp))
+        if cached is None or not (held and cached[0].first <= start < cached[0].end):
+            holding = [s for s in self.segments(tp) if s.first <= start < s.end]
+            if not holding:
+                return []
+            segment = max(holding, key=lambda s: s.end)  # overlapping segments hold the same records
+            response = self._client.get_object(self._bucket, segment.key)
+            try:
+                cached = (segment, decode_segment(tp, response.read()))
+            finally:
+                response.close()
+                response.release_conn()
+            self._cached = cached
+        segment, records = cached
+        stop = min(until, segment.end)
+        if limit is not None:
+            stop = min(stop, start + limit)
+        return records[start - segment.first : stop - segment.first]

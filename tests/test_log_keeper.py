@@ -1,0 +1,169 @@
+"""The embedded broker's log keeper on a stack of its own: partitions archived and trimmed, the log still whole.
+
+The stack keeps 3 record batches per partition (LORAPLANE_LOG_KEEP_BATCHES), so a few dozen writes trim it. Then
+the broker alone no longer holds offset 0, and every reader of ours still reads the whole log from the archive and
+the broker: a worker and a read model starting from nothing, `events export` and `verify`, `replay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from infra.log_archive import LogArchive
+from infra.s3 import make_client
+from infra.tansu_objects import batch_bases
+from streams.topics import COMMANDS, EVENTS
+from tests.services import external_services
+from tests.support import Api, Stack, read_topic, start_stack, stop_stack, wait_until
+
+KEEP = 3
+KEEPER_ENV = {
+    "LORAPLANE_NODE": "off",
+    "LORAPLANE_LOG_KEEP_BATCHES": str(KEEP),
+    "LORAPLANE_LOG_KEEPER_EVERY_S": "0.5",
+    "LORAPLANE_SNAPSHOT_EVERY": "0",  # start-ups fold the whole log, through the archive
+}
+WORKSPACES = 60
+
+
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with external_services() as external:
+        if external:
+            pytest.skip("the log keeper runs only beside the embedded broker")
+        data_dir = Path(tmp_path_factory.mktemp("log-keeper"))
+        stack = start_stack(data_dir, extra_env=KEEPER_ENV)
+        try:
+            yield stack
+        finally:
+            left = stop_stack(stack)
+            assert not left, f"processes left behind: {left}"
+
+
+def _batches(stack: Stack, topic: str) -> dict[int, list[int]]:
+    settings = stack.settings()
+    client = make_client(settings)
+    return {p: batch_bases(client, settings.broker_log_bucket, TopicPartition(topic, p)) for p in range(6)}
+
+
+def _first_offsets_on_the_broker(stack: Stack) -> dict[int, int]:
+    """Where a plain consumer that knows nothing of the archive starts reading each partition from its beginning."""
+
+    async def read() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(EVENTS.name, p) for p in range(EVENTS.partitions)]
+            consumer.assign(partitions)
+            for tp in partitions:
+                consumer.seek(tp, 0)
+            first: dict[int, int] = {}
+            while len(first) < len(partitions):
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    if records:
+                        first.setdefault(tp.partition, records[0].offset)
+            return first
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def _names(stack: Stack, key: str) -> set[str]:
+    with Api(stack, key) as api:
+        out: set[str] = set()
+        page = 1
+        while True:
+            answer = api.get("/v2/workspaces", params={"page": page, "page_size": 1000})
+            if answer.status_code != 200 or not answer.json()["data"]:
+                return out
+            out |= {w["name"] for w in answer.json()["data"]}
+            page += 1
+
+
+def test_the_keeper_trims_the_broker_and_every_reader_still_reads_the_whole_log(kept: Stack, tmp_path: Path) -> None:
+    key = kept.issue_key("admin", "keeper")
+    tag = uuid.uuid4().hex[:6]
+    names = {f"kept-{tag}-{i}" for i in range(WORKSPACES)}
+    with Api(kept, key) as api:
+        for name in sorted(names):
+            assert api.post("/v2/workspaces", params={"wait": 30}, json={"name": name}).status_code == 201
+
+    # the broker keeps few batches per partition: the rest of the events are archived, the commands dropped
+    def trimmed() -> bool:
+        events, commands = _batches(kept, EVENTS.name), _batches(kept, COMMANDS.name)
+        return all(len(b) <= 2 * KEEP for b in events.values()) and all(len(b) <= 2 * KEEP for b in commands.values())
+
+    wait_until(trimmed, timeout=60, interval=0.5, message="the keeper to trim every partition")
+    first = _first_offsets_on_the_broker(kept)
+    assert sum(first.values()) > 0, f"the broker still starts every partition at 0: {first}"
+    settings = kept.settings()
+    archive = LogArchive(make_client(settings), settings.broker_log_bucket)
+    for partition, offset in first.items():
+        assert archive.end(TopicPartition(EVENTS.name, partition)) >= offset
+
+    # our readers see every offset from 0, once, in order
+    records = read_topic(kept, EVENTS.name)
+    offsets: dict[int, list[int]] = defaultdict(list)
+    for record in records:
+        offsets[record.partition].append(record.offset)
+    for partition, seen in offsets.items():
+        assert seen == list(range(len(seen))), f"partition {partition} is not whole"
+    created = {r.json()["aggregate_id"] for r in records if r.json()["type"] == "workspace.created"}
+    assert names <= created
+
+    exported = tmp_path / "all.jsonl"
+    result = kept.cli("events", "export", "--output", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert len(exported.read_text().splitlines()) == len(records)
+    assert names <= {json.loads(line)["aggregate_id"] for line in exported.read_text().splitlines()}
+    verified = kept.cli("events", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert f"{len(records)} records" in verified.stdout and "no problems" in verified.stdout
+
+    rebuilt = tmp_path / "rebuilt.db"
+    replayed = kept.cli("replay", "--database-url", f"sqlite+aiosqlite:///{rebuilt}")
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"replayed {len(records)} events" in replayed.stdout
+    with sqlite3.connect(rebuilt) as db:
+        assert names <= {row[0] for row in db.execute("SELECT name FROM workspaces")}
+
+
+def test_a_worker_and_a_read_model_starting_from_nothing_fold_the_archived_log(kept: Stack) -> None:
+    key = kept.issue_key("admin", "restart")
+    before = _names(kept, key)
+    assert sum(_first_offsets_on_the_broker(kept).values()) > 0  # the log is trimmed (the test before wrote it)
+
+    # the worker, killed, starts again and folds the whole log (no snapshots here): it still knows every name
+    kept_pid = kept.pids()["worker"]
+    os.kill(kept_pid, signal.SIGKILL)
+    wait_until(lambda: kept.pids().get("worker") not in (None, kept_pid), timeout=60, message="the worker restarted")
+    taken = sorted(n for n in before if n.startswith("kept-"))[0]
+    with Api(kept, key) as api:
+        refused = api.post("/v2/workspaces", params={"wait": 60}, json={"name": taken})
+        assert refused.status_code == 409, refused.text  # decided against the folded, archived creation
+
+    # the read model deleted while stopped is projected again from offset 0
+    data_dir = kept.data_dir
+    left = stop_stack(kept)
+    assert not left, f"processes left behind: {left}"
+    for path in data_dir.glob("readmodel.db*"):
+        path.unlink()
+    restarted = start_stack(data_dir, extra_env=KEEPER_ENV)
+    kept.process, kept.env = restarted.process, restarted.env
+    kept.api_url = restarted.api_url
+    wait_until(lambda: _names(kept, key) >= before, timeout=120, interval=1, message="the read model rebuilt")
+    with Api(kept, key) as api:
+        name = f"after-{uuid.uuid4().hex[:6]}"
+        assert api.post("/v2/workspaces", params={"wait": 60}, json={"name": name}).status_code == 201
