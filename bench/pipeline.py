@@ -33,7 +33,9 @@ from aiokafka import TopicPartition
 
 from infra.kafka import make_consumer, make_producer, read_to_end
 from infra.kafka_admin import ensure_topics
+from infra.s3 import make_client
 from infra.settings import Settings
+from infra.tansu_objects import batch_bases
 from streams.topics import COMMANDS, EVENTS, TopicSpec
 from tests.support import Stack, read_topic, start_stack, stop_stack
 
@@ -172,8 +174,27 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
                 one = await creates(api, size)
                 done += size
                 p99s.append(one.pct(99))
-                print(f"round {len(p99s)}: {done:,} written; " + one.line("", "commands").lstrip(": "), flush=True)
+                print(
+                    f"round {len(p99s)}: {done:,} written; "
+                    + one.line("", "commands").lstrip(": ")
+                    + broker_size(stack),
+                    flush=True,
+                )
             print(f"last round p99 / first round p99: {p99s[-1] / p99s[0]:.2f} (goal <= 1.5)")
+
+
+def broker_size(stack: Stack) -> str:
+    """The most record-batch objects a partition of each topic holds on the embedded broker (what a fetch lists)."""
+    settings = stack.settings()
+    client = make_client(settings)
+    sizes = {
+        topic.name: max(
+            len(batch_bases(client, settings.broker_log_bucket, TopicPartition(topic.name, p)))
+            for p in range(topic.partitions)
+        )
+        for topic in (COMMANDS, EVENTS)
+    }
+    return "; batches per partition at most: " + ", ".join(f"{name} {size}" for name, size in sizes.items())
 
 
 def print_hops(stack: Stack) -> None:

@@ -165,7 +165,8 @@ class LogArchive:
     def __init__(self, client: Minio, bucket: str) -> None:
         self._client = client
         self._bucket = bucket
-        self._cached: tuple[Segment, list[ConsumerRecord[bytes, bytes]]] | None = None
+        # The segment each partition was last read from: a reader goes through a segment in several reads.
+        self._cached: dict[TopicPartition, tuple[Segment, list[ConsumerRecord[bytes, bytes]]]] = {}
 
     def segments(self, tp: TopicPartition) -> list[Segment]:
         """Every segment of the partition, in offset order."""
@@ -194,9 +195,8 @@ class LogArchive:
     ) -> list[ConsumerRecord[bytes, bytes]]:
         """The archived records of `tp` from `start` (inclusive) up to `until` (exclusive) that the segment holding
         `start` has, at most `limit`; empty when no segment holds `start`."""
-        cached = self._cached
-        held = cached is not None and cached[0].key.startswith(partition_prefix(tp))
-        if cached is None or not (held and cached[0].first <= start < cached[0].end):
+        cached = self._cached.get(tp)
+        if cached is None or not cached[0].first <= start < cached[0].end:
             holding = [s for s in self.segments(tp) if s.first <= start < s.end]
             if not holding:
                 return []
@@ -207,7 +207,7 @@ class LogArchive:
             finally:
                 response.close()
                 response.release_conn()
-            self._cached = cached
+            self._cached[tp] = cached
         segment, records = cached
         stop = min(until, segment.end)
         if limit is not None:

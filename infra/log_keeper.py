@@ -32,7 +32,7 @@ from streams.topics import COMMANDS, EVENTS
 
 _log = logging.getLogger(__name__)
 
-SEGMENT_RECORDS = 20_000  # the most records one archive segment holds
+SEGMENT_RECORDS = 5_000  # the most records one archive segment holds (a reader holds one per partition decoded)
 
 
 @dataclass
