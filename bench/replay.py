@@ -430,9 +430,10 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def time_start(settings: Settings, aggregates: dict[str, Any]) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of this process, aggregates folded)."""
-    follower = EventLogFollower(settings, AgentState(aggregates))
+async def time_start(settings: Settings, aggregates: dict[str, Any], who: str) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, aggregates folded). Snapshots under `snapshots/<who>/` as the
+    worker's and the node agent's own (off with LORAPLANE_SNAPSHOT_EVERY=0); stop() waits for one being written."""
+    follower = EventLogFollower(settings, AgentState(aggregates), snapshots_as=who)
     cpu, started = time.process_time(), time.perf_counter()
     await follower.start()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -442,10 +443,13 @@ async def time_start(settings: Settings, aggregates: dict[str, Any]) -> tuple[fl
 
 async def start_ups(settings: Settings) -> dict[str, list[tuple[float, float, int]]]:
     kinds = {
-        "worker": {a.name: a for a in AGGREGATES},
-        "node agent": {CLUSTER.name: CLUSTER, DEPLOYMENTS.name: DEPLOYMENTS},
+        "worker": ("worker", {a.name: a for a in AGGREGATES}),
+        "node agent": ("node-bench", {CLUSTER.name: CLUSTER, DEPLOYMENTS.name: DEPLOYMENTS}),
     }
-    return {kind: [await time_start(settings, aggregates) for _ in range(2)] for kind, aggregates in kinds.items()}
+    return {
+        kind: [await time_start(settings, aggregates, who) for _ in range(2)]
+        for kind, (who, aggregates) in kinds.items()
+    }
 
 
 async def services(data_dir: Path) -> tuple[LocalStack, dict[str, str]]:

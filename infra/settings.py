@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # children when it runs Tansu, so readers find the archived part of loraplane.events in the broker's bucket.
     log_archive: bool = Field(False, validation_alias=_env("LORAPLANE_LOG_ARCHIVE"))
     # Record-batch objects the broker keeps per partition; a partition holding twice as many is archived and trimmed.
-    log_keep_batches: int = Field(200, ge=1, le=100_000, validation_alias=_env("LORAPLANE_LOG_KEEP_BATCHES"))
+    log_keep_batches: int = Field(100, ge=1, le=100_000, validation_alias=_env("LORAPLANE_LOG_KEEP_BATCHES"))
     log_keeper_every_s: float = Field(5.0, gt=0, le=3600, validation_alias=_env("LORAPLANE_LOG_KEEPER_EVERY_S"))
 
     # Read model: SQLite under data_dir unless a URL is given (postgresql+asyncpg://...).
