@@ -15,6 +15,7 @@ import pytest
 from minio import Minio
 
 from api.uploads import PART_SIZE
+from infra.faults import arm
 from infra.s3 import make_client
 from infra.s3_objects import CLAIMS_PREFIX, stored_home
 from infra.settings import Settings
@@ -270,6 +271,55 @@ def test_same_bytes_twice_are_one_object(admin: Api, s3: Minio, bucket: str) -> 
     first = upload(admin, f"{unique()}.safetensors", data, entity_type="styles")
     second = upload(admin, f"{unique()}.safetensors", data, entity_type="identities")
     assert first.status_code == second.status_code == 200, (first.text, second.text)
+    holding = [
+        o.object_name
+        for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)
+        if o.object_name and o.size == len(data) and read_object(s3, bucket, o.object_name) == data
+    ]
+    assert holding == [home_of(s3, bucket, digest)]
+
+
+def test_same_bytes_under_several_names_at_once_are_one_object(admin: Api, s3: Minio, bucket: str) -> None:
+    """Jobs of four directories store equal bytes at the same time: one claim wins, the others point at it."""
+    data = kohya_lora(seed=70, rank=8)
+    digest = hashlib.sha256(data).hexdigest()
+    entity_types = ["styles", "identities", "product", "no_type_provided"]
+    with concurrent.futures.ThreadPoolExecutor(len(entity_types)) as pool:
+        answers = list(
+            pool.map(lambda e: upload(admin, f"{unique('twin')}.safetensors", data, entity_type=e), entity_types)
+        )
+    assert [a.status_code for a in answers] == [200] * len(entity_types), [a.text for a in answers]
+    home = home_of(s3, bucket, digest)
+    holding = [
+        o.object_name
+        for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)
+        if o.object_name and o.size == len(data) and read_object(s3, bucket, o.object_name) == data
+    ]
+    assert holding == [home]
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["first-copy", "equal-bytes-stored-before"])
+def test_a_worker_crash_between_storing_an_upload_and_reporting_it_loses_nothing(
+    stack: Stack, admin: Api, s3: Minio, bucket: str, again: bool
+) -> None:
+    """The worker dies once the upload is stored in place (or, for bytes stored before, once it is removed) and
+    before the report: the restarted worker runs the job again, finds the bytes, and stores the file once."""
+    data = kohya_lora(seed=71 + int(again), rank=4)
+    digest = hashlib.sha256(data).hexdigest()
+    if again:
+        assert upload(admin, f"{unique('before')}.safetensors", data, entity_type="identities").status_code == 200
+    name = f"{unique('crash')}.safetensors"
+    worker = stack.pids()["worker"]
+    arm(stack.data_dir, "upload_stored", name)
+    accepted = admin.post(
+        ADMIN_UPLOAD, params={"wait": 0}, files={"file": (name, data)}, data={"entity_type": "styles"}, timeout=120
+    )
+    assert accepted.status_code == 202, accepted.text
+    wait_until(lambda: stack.pids().get("worker") not in (None, worker), timeout=60, message="the worker to crash")
+    assert not (stack.data_dir / "faults" / "upload_stored").exists(), "the crash point was never reached"
+    stored = wait_until(lambda: listed(admin, "styles").get(f"styles/{name}"), timeout=120, message="the file stored")
+    assert stored["sha256"] == digest
+    assert blob_bytes(s3, bucket, digest) == data
     holding = [
         o.object_name
         for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)

@@ -44,6 +44,7 @@ from agents.lora_files import LoraDir
 from agents.state import AgentState
 from agents.validation import ArtifactReport, ValidationProblem
 from infra.errors import LoraplaneError, is_retriable
+from infra.faults import crash_point
 from infra.kafka import partition_of
 from infra.s3 import make_client
 from infra.s3_objects import (
@@ -445,6 +446,7 @@ class ArtifactJobs:
                 raise Refused("the uploaded bytes are no longer in storage; upload the file again") from None
             if key != staged:
                 remove_quietly(client, bucket, staged)  # equal bytes have a home already
+            crash_point(self._settings, "upload_stored", {file.path})
         else:
             key = stored_home(client, bucket, file.sha256) or store_blob_from_object(
                 client, bucket, staged, file.sha256
