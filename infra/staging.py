@@ -9,9 +9,9 @@ them). Uploads staged by earlier versions are whole objects `staging/{uuid}`: th
 Two things escape that path, and only when a process dies at the wrong moment: a multipart upload the API never
 completed nor aborted (killed while the bytes arrived: its parts stay on the server, invisible to a listing of
 objects), and a complete upload whose command was never published (killed between the two), its marker still
-there. The sweep aborts the first once they are older than `staging_abandoned_upload_s` and removes the second
-(the bytes, then the marker) once its marker is older than `staging_orphan_s`; every API process runs it at start
-and every `staging_sweep_every_s`. Two processes sweeping at once is harmless: an abort or a removal of what is
+there. The sweep aborts the first once they are older than `staging_abandoned_upload_s` (and removes their
+markers) and removes the second (the bytes, then the marker) once its marker is older than `staging_orphan_s`;
+every API process runs it at start and every `staging_sweep_every_s`. Two processes sweeping at once is harmless: an abort or a removal of what is
 gone already is nothing.
 """
 
@@ -115,6 +115,8 @@ def sweep_staging(
         except S3Error as exc:
             if exc.code != "NoSuchUpload":
                 raise
+        if key.startswith(UPLOADS_PREFIX) and not object_exists(client, bucket, key):
+            remove_quietly(client, bucket, staging_marker(key))  # those bytes will never arrive
     orphaned_before = now - timedelta(seconds=orphan_s)
     for item in client.list_objects(bucket, prefix=STAGING_PREFIX, recursive=True):
         marker = item.object_name
