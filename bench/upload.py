@@ -1,10 +1,11 @@
 """Upload benchmark: a 500 MB LoRA through `POST /api/v1/admin/lora/upload` against a direct `put_object`.
 
 Run `python bench/upload.py`. It starts a stack (`loraplane up` on free ports in a temporary directory),
-writes a valid kohya LoRA of about 500 MB (a real safetensors header, zero tensor data), then in one run:
+writes a valid kohya LoRA of about 500 MB (a real safetensors header, zero tensor data; `--random` fills the
+tensors with random bytes, as a real LoRA's are: SeaweedFS compresses zeros), then in one run:
   1. puts the file straight into the stack's S3 with the minio SDK (the baseline),
-  2. uploads it through the API and waits for the answer (streamed to staging, validated by content,
-     copied to its content-addressed key, as a caller of seed 004 sees it),
+  2. uploads it through the API and waits for the answer (streamed to `blobs/uploads/`, validated by content,
+     stored where it was streamed, as a caller of seed 004 sees it),
   3. uploads it again with `?wait=0` (answered once the bytes are staged and the command sent).
 While the API uploads run, a thread samples the API process's RSS; the growth is the peak minus the
 RSS just before the upload. Goals: API throughput >= 0.7 x direct, RSS growth <= 64 MB.
@@ -88,12 +89,14 @@ def upload(stack: Stack, key: str, path: Path, name: str, wait: float | None) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=500, help="file size in MB (10^6 bytes)")
+    parser.add_argument("--random", action="store_true", help="random tensor data (incompressible) instead of zeros")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="loraplane-bench-") as tmp:
         work = Path(tmp)
         path = work / "bench.safetensors"
-        size = write_large_kohya_lora(path, args.size_mb * MB)
-        print(f"file: {size:,} bytes (valid kohya LoRA header, zero tensor data)")
+        size = write_large_kohya_lora(path, args.size_mb * MB, random_data=args.random)
+        data = "random" if args.random else "zero"
+        print(f"file: {size:,} bytes (valid kohya LoRA header, {data} tensor data)")
         stack = start_stack(work / "stack")
         try:
             key = stack.issue_key("admin", "bench")

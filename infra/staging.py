@@ -11,8 +11,8 @@ completed nor aborted (killed while the bytes arrived: its parts stay on the ser
 objects), and a complete upload whose command was never published (killed between the two), its marker still
 there. The sweep aborts the first once they are older than `staging_abandoned_upload_s` (and removes their
 markers) and removes the second (the bytes, then the marker) once its marker is older than `staging_orphan_s`;
-every API process runs it at start and every `staging_sweep_every_s`. Two processes sweeping at once is harmless: an abort or a removal of what is
-gone already is nothing.
+every API process runs it at start and every `staging_sweep_every_s`. Two processes sweeping at once is harmless:
+an abort or a removal of what is gone already is nothing.
 """
 
 from __future__ import annotations
