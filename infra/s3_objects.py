@@ -103,24 +103,27 @@ def _put_conditionally(client: Minio, bucket: str, sha256: str, key: str, header
 def settle_upload(client: Minio, bucket: str, key: str, sha256: str) -> str:
     """The home of the validated upload at `key`: an existing home of the same bytes, or `key` itself, claimed.
 
-    The caller removes `key` when another home is answered (nothing else can name it: it was never claimed).
-    A claim naming an object that is gone (an upload the staging sweep removed after a day) is taken over,
-    conditionally on its ETag, so two takers cannot both win. Raises NoLongerStored when `key` is gone.
+    The caller removes `key` when another home is answered: no claim names it then, so no name points at it (a claim
+    naming `key`, made by an earlier run of the same job, keeps it the home even if a download has meanwhile written
+    the content address). A claim naming an object that is gone (an upload the staging sweep removed after a day) is
+    taken over, conditionally on its ETag, so two takers cannot both win. Raises NoLongerStored when `key` is gone.
     """
     legacy = blob_key(sha256)
-    if object_exists(client, bucket, legacy):
-        return legacy
     for _ in range(_SETTLE_TRIES):
-        if _put_conditionally(client, bucket, sha256, key, "If-None-Match", "*"):
-            break
         claim = _read_claim(client, bucket, sha256)
         if claim is None:
-            continue  # removed meanwhile: claim again
+            if object_exists(client, bucket, legacy):
+                return legacy
+            if _put_conditionally(client, bucket, sha256, key, "If-None-Match", "*"):
+                break
+            continue  # claimed meanwhile: read the claim
         home, etag = claim
         if home == key:
             break  # this job claimed it on an earlier run
         if object_exists(client, bucket, home):
             return home
+        if object_exists(client, bucket, legacy):
+            return legacy
         if _put_conditionally(client, bucket, sha256, key, "If-Match", f'"{etag}"'):
             break
     else:
