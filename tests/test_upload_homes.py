@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,23 @@ from infra.s3_objects import (
     claim_key,
     is_claimed_by,
     object_exists,
+    remove_quietly,
     settle_upload,
     store_blob_from_file,
     stored_home,
 )
 from infra.settings import Settings
-from infra.staging import discard_staged, mark_staged, new_upload_key, release_staged, staging_marker
+from infra.staging import (
+    STAGING_PREFIX,
+    UPLOADS_PREFIX,
+    discard_staged,
+    mark_staged,
+    new_upload_key,
+    release_staged,
+    staging_marker,
+)
 from streams.artifacts import blob_key
-from tests.support import Stack
+from tests.support import Api, Stack
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +54,19 @@ def bucket(stack: Stack) -> str:
     return stack.cli_env().get("S3_BUCKET", "loraplane")
 
 
+_made: list[str] = []  # what a test wrote: removed after it, so the stack's bucket is left as it was found
+
+
+@pytest.fixture(autouse=True)
+def remove_what_was_made(s3: Minio, bucket: str) -> Iterator[None]:
+    yield
+    while _made:
+        remove_quietly(s3, bucket, _made.pop())
+
+
 def staged(s3: Minio, bucket: str, data: bytes) -> str:
     key = new_upload_key()
+    _made.extend([key, staging_marker(key)])
     mark_staged(s3, bucket, key)
     s3.put_object(bucket, key, io.BytesIO(data), len(data))
     return key
@@ -52,7 +74,17 @@ def staged(s3: Minio, bucket: str, data: bytes) -> str:
 
 def fresh() -> tuple[bytes, str]:
     data = f"bytes {uuid.uuid4()}".encode()
-    return data, hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
+    _made.extend([claim_key(digest), blob_key(digest)])
+    return data, digest
+
+
+def uploads_and_markers(s3: Minio, bucket: str) -> set[str]:
+    return {
+        o.object_name or ""
+        for prefix in (STAGING_PREFIX, UPLOADS_PREFIX)
+        for o in s3.list_objects(bucket, prefix=prefix, recursive=True)
+    }
 
 
 def test_the_first_upload_is_the_home_and_equal_bytes_point_at_it(s3: Minio, bucket: str) -> None:
@@ -125,3 +157,18 @@ def test_discarding_removes_an_upload_and_its_marker_but_never_a_home(s3: Minio,
     assert settle_upload(s3, bucket, home, digest) == home
     discard_staged(s3, bucket, home, digest)  # a run that claimed, then failed for good
     assert object_exists(s3, bucket, home) and not object_exists(s3, bucket, staging_marker(home))
+
+
+def test_an_evaluation_dataset_is_still_read_at_its_content_address(admin: Api, s3: Minio, bucket: str) -> None:
+    """Datasets are streamed like uploads, then written to their content address (their id is the sha256): the
+    upload and its marker are removed, whether the dataset is kept or refused."""
+    before = uploads_and_markers(s3, bucket)
+    good = "".join(json.dumps({"prompt": f"p{i} {uuid.uuid4()}", "reference": "r"}) + "\n" for i in range(3)).encode()
+    answer = admin.post("/api/v1/evaluation/datasets", files={"file": ("good.jsonl", good, "application/jsonl")})
+    assert answer.status_code == 201, answer.text
+    digest = answer.json()["dataset_id"]
+    _made.append(blob_key(digest))
+    assert digest == hashlib.sha256(good).hexdigest() and object_exists(s3, bucket, blob_key(digest))
+    refused = admin.post("/api/v1/evaluation/datasets", files={"file": ("bad.jsonl", b"{", "application/jsonl")})
+    assert refused.status_code == 422, refused.text
+    assert uploads_and_markers(s3, bucket) - before == set()
