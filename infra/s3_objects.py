@@ -5,7 +5,9 @@ download, an evaluation dataset) live at their content address, `blobs/sha256/{2
 stored where the API streamed it, `blobs/uploads/{uuid}` (copying 500 MB to a content address cost a second
 write), and a claim at `blobs/by-sha256/{2 hex}/{sha256}` names that key: the first upload of some bytes to be
 validated creates the claim with a conditional PUT (`If-None-Match: *`), so two jobs storing equal bytes at once
-agree on one home, and every later upload of those bytes is removed and pointed at the home.
+agree on one home, and every later upload of those bytes is removed and pointed at the home. Conditional PUTs are
+answered by SeaweedFS (4.x, tested), MinIO and AWS S3; a server that ignored `If-None-Match` would let two concurrent
+uploads of equal bytes both keep their object (a second copy, never a lost one).
 """
 
 from __future__ import annotations
