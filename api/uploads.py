@@ -1,4 +1,5 @@
-"""Streaming multipart/form-data uploads to S3: the file part goes to `staging/{uuid}` in bounded memory.
+"""Streaming multipart/form-data uploads to S3: the file part goes to `blobs/uploads/{uuid}` in bounded memory,
+with a `staging/{uuid}` marker until an agent stores it (infra.staging).
 
 Litestar's own form parsing buffers the whole body, so the body is read from `request.stream()` and
 parsed with `multipart.PushMultipartParser`. The file's bytes are handed in blocks, through a bounded
@@ -15,7 +16,6 @@ import contextlib
 import hashlib
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +25,7 @@ from minio import Minio
 from multipart import MultipartError, MultipartSegment, PushMultipartParser
 
 from api.errors import ApiError, Unavailable, Unprocessable, error_response
-from infra.s3_objects import remove_quietly
-from infra.staging import STAGING_PREFIX
+from infra.staging import discard_staged, mark_staged, new_upload_key
 
 PART_SIZE = 6 * 1024 * 1024  # one S3 part (the minimum is 5 MiB); about 3 are in memory at once
 BLOCK_SIZE = 1024 * 1024  # what the request side hands the upload thread at a time
@@ -83,7 +82,7 @@ class StagedUpload:
 
     def discard(self, s3: Minio) -> None:
         if self.file is not None:
-            remove_quietly(s3, self.bucket, self.file.key)
+            discard_staged(s3, self.bucket, self.file.key)
 
     async def discard_within(self, s3: Minio, seconds: float = DISCARD_WAIT_S) -> None:
         """`discard`, waited for at most `seconds`: with S3 stalled a removal waits for the SDK's timeouts (minutes),
@@ -151,7 +150,7 @@ async def _stage(
                                 raise Unprocessable(f"send one {file_field!r} part", loc=["body", file_field])
                             if check_filename and (problem := check_filename(event.filename)):
                                 raise Unprocessable(problem, loc=["body", file_field])
-                            sink = _S3Sink(s3, bucket, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+                            sink = _S3Sink(s3, bucket, new_upload_key())
                         else:
                             text = bytearray()
                     elif event is None:
@@ -218,7 +217,7 @@ async def _abandon(
     if sink is not None:
         await sink.abort(wait=not s3_stalled)
     if staged is not None:
-        await asyncio.to_thread(remove_quietly, s3, bucket, staged.key)
+        await asyncio.to_thread(discard_staged, s3, bucket, staged.key)
 
 
 _cleanups: set[asyncio.Task[Any]] = set()  # abandoned uploads being removed (a reference keeps each task alive)
@@ -288,7 +287,7 @@ class _S3Sink:
     async def _remove_when_done(self) -> None:
         with contextlib.suppress(Exception):
             await self._done
-        await asyncio.to_thread(remove_quietly, self._s3, self._bucket, self.key)
+        await asyncio.to_thread(discard_staged, self._s3, self._bucket, self.key)
 
     async def _put(self, block: bytes | None) -> None:
         waiting_since = self._loop.time()
@@ -314,6 +313,7 @@ class _S3Sink:
 
     def _run(self, done: concurrent.futures.Future[None]) -> None:
         try:
+            mark_staged(self._s3, self._bucket, self.key)  # before any byte: the sweep finds what a crash leaves
             self._s3.put_object(
                 self._bucket,
                 self.key,

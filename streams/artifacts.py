@@ -10,12 +10,14 @@ SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
 def blob_key(sha256: str) -> str:
-    """Where bytes with this digest live: once, however many names point at them."""
+    """The content address of bytes the agents write themselves (downloads, datasets). An upload is stored where the
+    API streamed it (`blobs/uploads/{uuid}`); either way one object holds equal bytes (infra.s3_objects)."""
     return f"blobs/sha256/{sha256[:2]}/{sha256}"
 
 
 class StoredFile(Frozen):
-    """One file of an artifact: its name inside the artifact and the content-addressed object holding it."""
+    """One file of an artifact: its name inside the artifact and the key of the one object holding its bytes (their
+    content address, or the upload that brought them first): readers read `key`, never a key made from `sha256`."""
 
     path: str = Field(min_length=1, max_length=1024)
     key: str = Field(min_length=1, max_length=1024)

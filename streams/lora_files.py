@@ -18,7 +18,7 @@ from streams.registry import command, event
 
 AGGREGATE = "lora_dir"
 
-# The paths the seed's answers show; objects themselves are content-addressed (streams.artifacts.blob_key).
+# The paths the seed's answers show; objects are stored once by content (the key is on `lora_file.stored`).
 FILE_ROOT = "/data/models/loras"
 BIN_ROOT = "/data/bin/models/loras"
 

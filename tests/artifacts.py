@@ -104,13 +104,16 @@ def large_kohya_lora(target_bytes: int, rank: int = 128, dim: int = 4096) -> tup
     return safetensors_header(tensors), count * per_module
 
 
-def write_large_kohya_lora(path: Path, target_bytes: int) -> int:
-    """Write a valid kohya LoRA of about `target_bytes` to `path` without holding it in memory; its size."""
+def write_large_kohya_lora(path: Path, target_bytes: int, *, random_data: bool = False) -> int:
+    """Write a valid kohya LoRA of about `target_bytes` to `path` without holding it in memory; its size. The tensors
+    are zeros, or random bytes (incompressible, as trained weights are) with `random_data`."""
     header, data_size = large_kohya_lora(target_bytes - 64 * 1024)
-    zeros = bytes(1024 * 1024)
+    block = os.urandom(1024 * 1024) if random_data else bytes(1024 * 1024)
     with path.open("wb") as out:
         out.write(header)
         left = data_size
         while left:
-            left -= out.write(zeros[: min(left, len(zeros))])
+            left -= out.write(block[: min(left, len(block))])
+            if random_data:
+                block = block[4096:] + block[:4096]  # no two blocks alike: nothing to deduplicate
     return path.stat().st_size

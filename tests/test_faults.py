@@ -30,8 +30,18 @@ import pytest
 
 import streams.catalog  # noqa: F401
 from infra.s3 import make_client
+from infra.s3_objects import object_exists
 from infra.settings import Settings
-from infra.staging import SweepReport, sweep_staging
+from infra.staging import (
+    STAGING_PREFIX,
+    UPLOADS_PREFIX,
+    SweepReport,
+    mark_staged,
+    new_upload_key,
+    release_staged,
+    staging_marker,
+    sweep_staging,
+)
 from streams.envelope import Actor, ActorType
 from streams.naming import MAX_UPLOAD_BYTES
 from streams.serialization import encode, envelope_for, key_for
@@ -235,12 +245,18 @@ def test_broker_killed_with_a_thousand_commands_in_flight(client: Api, running: 
 
 
 def _staging(stack: Stack) -> tuple[list[str], list[str]]:
-    """What is under `staging/` in the stack's bucket: objects, and multipart uploads never completed."""
+    """What uploads left staged in the stack's bucket: objects under `staging/` (markers of uploads not yet stored,
+    and whole uploads of earlier versions), and multipart uploads never completed (under `blobs/uploads/`, where
+    uploads stream, or `staging/`)."""
     env = stack.cli_env()
     s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
     bucket = env.get("S3_BUCKET", "loraplane")
-    objects = [o.object_name or "" for o in s3.list_objects(bucket, prefix="staging/", recursive=True)]
-    uploads = [u.object_name for u in s3._list_multipart_uploads(bucket, prefix="staging/").uploads]
+    objects = [o.object_name or "" for o in s3.list_objects(bucket, prefix=STAGING_PREFIX, recursive=True)]
+    uploads = [
+        u.object_name
+        for prefix in (UPLOADS_PREFIX, STAGING_PREFIX)
+        for u in s3._list_multipart_uploads(bucket, prefix=prefix).uploads
+    ]
     return objects, uploads
 
 
@@ -281,22 +297,30 @@ def test_an_api_killed_during_a_500_mb_upload_leaves_nothing_staged_after_the_sw
 
 
 def test_the_sweep_removes_a_staged_object_no_command_named_once_it_is_old(running: Running) -> None:
-    """A process killed between staging an upload and publishing its command leaves a complete object: the sweep
-    keeps it while a job may still want it (a day by default) and removes it after."""
+    """A process killed between staging an upload and publishing its command leaves a complete upload and its
+    marker: the sweep keeps them while a job may still want them (a day by default) and removes both after. A whole
+    upload staged by an earlier version (`staging/{uuid}`) goes the same way; a stored upload (no marker) stays."""
     env = running.stack.cli_env()
     s3 = make_client(Settings.model_validate({"s3_endpoint": env["S3_ENDPOINT"]}))
     bucket = env.get("S3_BUCKET", "loraplane")
-    key = f"staging/orphan-{uuid.uuid4().hex}"
-    s3.put_object(bucket, key, io.BytesIO(b"bytes no command names"), 22)
+    legacy = f"{STAGING_PREFIX}orphan-{uuid.uuid4().hex}"
+    s3.put_object(bucket, legacy, io.BytesIO(b"bytes no command names"), 22)
+    orphan, stored = new_upload_key(), new_upload_key()
+    for key in (orphan, stored):
+        mark_staged(s3, bucket, key)
+        s3.put_object(bucket, key, io.BytesIO(b"bytes of an upload"), 18)
+    release_staged(s3, bucket, stored)
     day = 86400.0
 
     def sweep(now: datetime) -> SweepReport:
         return sweep_staging(s3, bucket, now=now, abandoned_upload_s=day, orphan_s=day)
 
     assert sweep(datetime.now(UTC)).removed_objects == 0
-    assert key in _staging(running.stack)[0]
-    assert sweep(datetime.now(UTC) + timedelta(days=1, minutes=1)).removed_objects == 1
-    assert key not in _staging(running.stack)[0]
+    assert {legacy, staging_marker(orphan)} <= set(_staging(running.stack)[0])
+    assert sweep(datetime.now(UTC) + timedelta(days=1, minutes=1)).removed_objects == 2
+    assert not {legacy, staging_marker(orphan)} & set(_staging(running.stack)[0])
+    assert not object_exists(s3, bucket, orphan) and object_exists(s3, bucket, stored)
+    s3.remove_object(bucket, stored)
 
 
 def _upload_body(size: int) -> Iterator[bytes]:

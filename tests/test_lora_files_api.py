@@ -15,8 +15,11 @@ import pytest
 from minio import Minio
 
 from api.uploads import PART_SIZE
+from infra.faults import arm
 from infra.s3 import make_client
+from infra.s3_objects import CLAIMS_PREFIX, stored_home
 from infra.settings import Settings
+from infra.staging import STAGING_PREFIX, UPLOADS_PREFIX
 from streams.artifacts import blob_key
 from tests.artifacts import (
     code_running_pickle,
@@ -51,8 +54,30 @@ def bucket(stack: Stack) -> str:
 @pytest.fixture(autouse=True)
 def staging_empty_after(s3: Minio, bucket: str) -> Iterator[None]:
     yield
-    left = [o.object_name for o in s3.list_objects(bucket, prefix="staging/", recursive=True)]
+    left = [o.object_name for o in s3.list_objects(bucket, prefix=STAGING_PREFIX, recursive=True)]
     assert left == [], f"staged objects left behind: {left}"
+    assert unclaimed_uploads(s3, bucket) == [], "uploads no name points at were kept"
+
+
+def read_object(s3: Minio, bucket: str, key: str) -> bytes:
+    response = s3.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def unclaimed_uploads(s3: Minio, bucket: str) -> list[str]:
+    """Uploads kept in `blobs/uploads/` that are no home of their bytes (every stored upload is one: a duplicate is
+    removed, a refused one too)."""
+    homes = {
+        read_object(s3, bucket, o.object_name).decode()
+        for o in s3.list_objects(bucket, prefix=CLAIMS_PREFIX, recursive=True)
+        if o.object_name
+    }
+    kept = {o.object_name for o in s3.list_objects(bucket, prefix=UPLOADS_PREFIX, recursive=True) if o.object_name}
+    return sorted(kept - homes)
 
 
 def unique(stem: str = "lora") -> str:
@@ -75,13 +100,14 @@ def detail(response: httpx.Response) -> dict[str, Any]:
     return items[0]
 
 
+def home_of(s3: Minio, bucket: str, sha256: str) -> str:
+    home = stored_home(s3, bucket, sha256)
+    assert home is not None, f"no object holds {sha256}"
+    return home
+
+
 def blob_bytes(s3: Minio, bucket: str, sha256: str) -> bytes:
-    response = s3.get_object(bucket, blob_key(sha256))
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
+    return read_object(s3, bucket, home_of(s3, bucket, sha256))
 
 
 def test_kohya_safetensors_is_stored_content_addressed_and_listed(admin: Api, s3: Minio, bucket: str) -> None:
@@ -100,7 +126,9 @@ def test_kohya_safetensors_is_stored_content_addressed_and_listed(admin: Api, s3
     item = listed(admin, "identities")[body["partial_path"]]
     digest = hashlib.sha256(data).hexdigest()
     assert item["sha256"] == digest and item["file_size"] == len(data)
-    assert blob_bytes(s3, bucket, digest) == data  # the bytes, once, at their digest
+    home = home_of(s3, bucket, digest)
+    assert home.startswith(UPLOADS_PREFIX)  # stored where the API streamed it: no copy
+    assert blob_bytes(s3, bucket, digest) == data
 
 
 def test_torch_checkpoint_on_the_user_route_defaults_the_entity_type(user: Api, admin: Api) -> None:
@@ -138,7 +166,8 @@ def test_content_decides_and_refused_files_are_not_kept(
     assert not marker.exists(), "the pickle was loaded: it ran code"
     assert f"styles/{name}" not in listed(admin, "styles")
     digest = hashlib.sha256(data).hexdigest()
-    assert not list(s3.list_objects(bucket, prefix=blob_key(digest))), "refused bytes were stored"
+    assert stored_home(s3, bucket, digest) is None, "refused bytes were stored"
+    assert not list(s3.list_objects(bucket, prefix=blob_key(digest)))
     # the name was freed: a valid file takes it
     again = upload(admin, name.rsplit(".", 1)[0] + ".safetensors", kohya_lora(seed=4), entity_type="styles")
     assert again.status_code == 200, again.text
@@ -245,9 +274,58 @@ def test_same_bytes_twice_are_one_object(admin: Api, s3: Minio, bucket: str) -> 
     holding = [
         o.object_name
         for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)
-        if blob_bytes(s3, bucket, o.object_name.rsplit("/", 1)[1]) == data
+        if o.object_name and o.size == len(data) and read_object(s3, bucket, o.object_name) == data
     ]
-    assert holding == [blob_key(digest)]
+    assert holding == [home_of(s3, bucket, digest)]
+
+
+def test_same_bytes_under_several_names_at_once_are_one_object(admin: Api, s3: Minio, bucket: str) -> None:
+    """Jobs of four directories store equal bytes at the same time: one claim wins, the others point at it."""
+    data = kohya_lora(seed=70, rank=8)
+    digest = hashlib.sha256(data).hexdigest()
+    entity_types = ["styles", "identities", "product", "no_type_provided"]
+    with concurrent.futures.ThreadPoolExecutor(len(entity_types)) as pool:
+        answers = list(
+            pool.map(lambda e: upload(admin, f"{unique('twin')}.safetensors", data, entity_type=e), entity_types)
+        )
+    assert [a.status_code for a in answers] == [200] * len(entity_types), [a.text for a in answers]
+    home = home_of(s3, bucket, digest)
+    holding = [
+        o.object_name
+        for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)
+        if o.object_name and o.size == len(data) and read_object(s3, bucket, o.object_name) == data
+    ]
+    assert holding == [home]
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["first-copy", "equal-bytes-stored-before"])
+def test_a_worker_crash_between_storing_an_upload_and_reporting_it_loses_nothing(
+    stack: Stack, admin: Api, s3: Minio, bucket: str, again: bool
+) -> None:
+    """The worker dies once the upload is stored in place (or, for bytes stored before, once it is removed) and
+    before the report: the restarted worker runs the job again, finds the bytes, and stores the file once."""
+    data = kohya_lora(seed=71 + int(again), rank=4)
+    digest = hashlib.sha256(data).hexdigest()
+    if again:
+        assert upload(admin, f"{unique('before')}.safetensors", data, entity_type="identities").status_code == 200
+    name = f"{unique('crash')}.safetensors"
+    worker = stack.pids()["worker"]
+    arm(stack.data_dir, "upload_stored", name)
+    accepted = admin.post(
+        ADMIN_UPLOAD, params={"wait": 0}, files={"file": (name, data)}, data={"entity_type": "styles"}, timeout=120
+    )
+    assert accepted.status_code == 202, accepted.text
+    wait_until(lambda: stack.pids().get("worker") not in (None, worker), timeout=60, message="the worker to crash")
+    assert not (stack.data_dir / "faults" / "upload_stored").exists(), "the crash point was never reached"
+    stored = wait_until(lambda: listed(admin, "styles").get(f"styles/{name}"), timeout=120, message="the file stored")
+    assert stored["sha256"] == digest
+    assert blob_bytes(s3, bucket, digest) == data
+    holding = [
+        o.object_name
+        for o in s3.list_objects(bucket, prefix="blobs/", recursive=True)
+        if o.object_name and o.size == len(data) and read_object(s3, bucket, o.object_name) == data
+    ]
+    assert holding == [home_of(s3, bucket, digest)]
 
 
 def test_delete_to_the_bin_and_restore(admin: Api) -> None:
@@ -328,7 +406,7 @@ def test_a_file_of_several_s3_parts_streams_through(admin: Api, tmp_path: Path, 
     assert answer.json()["file_size"] == size
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert listed(admin, "identities")[f"identities/{name}"]["sha256"] == digest
-    assert s3.stat_object(bucket, blob_key(digest)).size == size
+    assert s3.stat_object(bucket, home_of(s3, bucket, digest)).size == size
 
 
 def test_the_upload_body_is_documented(anonymous: Api) -> None:

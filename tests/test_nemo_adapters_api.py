@@ -17,8 +17,8 @@ from minio import Minio
 from safetensors.numpy import save
 
 from infra.s3 import make_client
+from infra.s3_objects import stored_home
 from infra.settings import Settings
-from streams.artifacts import blob_key
 from tests.support import Api, Stack, events, wait_until
 
 PREFIXES = ("/v2", "/apis/models/v2")
@@ -147,7 +147,7 @@ def test_fileset_files_are_stored_content_addressed(
     assert client.get(f"/apis/models/v2/workspaces/{workspace}/filesets/{fileset}").json() == listing.json()
     for data in (weights, config):
         digest = hashlib.sha256(data).hexdigest()
-        assert s3.get_object(bucket, blob_key(digest)).read() == data
+        assert s3.get_object(bucket, home(s3, bucket, digest)).read() == data
 
     mine = events_of(stack, f"{workspace}/{fileset}")
     assert [e["type"] for e in mine].count("fileset.file_stored") == 2
@@ -162,7 +162,7 @@ def test_a_fileset_file_larger_than_litestars_default_body_limit_streams_through
     assert stored.status_code == 201, stored.text
     digest = hashlib.sha256(data).hexdigest()
     assert stored.json()["sha256"] == digest
-    assert s3.stat_object(bucket, blob_key(digest)).size == len(data)
+    assert s3.stat_object(bucket, home(s3, bucket, digest)).size == len(data)
 
 
 def test_fileset_upload_refusals(client: Api, workspace: str, s3: Minio, bucket: str) -> None:
@@ -220,7 +220,7 @@ def test_create_from_a_fileset_reaches_ready(
         assert client.get(f"{other}/workspaces/{workspace}/adapters/{name}").json() == answer
     # The version's files are the fileset's blobs, once each in S3.
     for data in (peft_weights(), peft_config()):
-        assert s3.stat_object(bucket, blob_key(hashlib.sha256(data).hexdigest())).size == len(data)
+        assert s3.stat_object(bucket, home(s3, bucket, hashlib.sha256(data).hexdigest())).size == len(data)
     types = [e["type"] for e in events_of(stack, f"{workspace}/{name}")]
     assert types[0] == "adapter.requested" and types[-1] == "adapter.stored"
 
@@ -485,3 +485,10 @@ def test_list_paginates_and_filters(client: Api, good_fileset: str) -> None:
     unknown = client.get(url, params={"finetuning_type": "qlora"})
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "finetuning_type"]
     assert client.get(url, params={"page": 0}).status_code == 422
+
+
+def home(s3: Minio, bucket: str, sha256: str) -> str:
+    """The object holding these bytes (an upload is stored where it was streamed: infra.s3_objects)."""
+    key = stored_home(s3, bucket, sha256)
+    assert key is not None, f"no object holds {sha256}"
+    return key

@@ -44,11 +44,20 @@ from agents.lora_files import LoraDir
 from agents.state import AgentState
 from agents.validation import ArtifactReport, ValidationProblem
 from infra.errors import LoraplaneError, is_retriable
+from infra.faults import crash_point
 from infra.kafka import partition_of
 from infra.s3 import make_client
-from infra.s3_objects import remove_quietly, store_blob_from_file, store_blob_from_object
+from infra.s3_objects import (
+    NoLongerStored,
+    remove_quietly,
+    settle_upload,
+    store_blob_from_file,
+    store_blob_from_object,
+    stored_home,
+)
 from infra.secrets import SecretBox
 from infra.settings import Settings
+from infra.staging import UPLOADS_PREFIX, discard_staged, release_staged
 from streams import adapters, filesets, lora_files
 from streams.adapters import (
     AdapterApi,
@@ -178,7 +187,7 @@ class ArtifactJobs:
             key = upload.staged_key
             self._spawn(
                 f"discard:{key}",
-                lambda: asyncio.to_thread(remove_quietly, self.client, self._bucket, key),
+                lambda: asyncio.to_thread(discard_staged, self.client, self._bucket, key),
                 command.aggregate_id,
             )
 
@@ -287,9 +296,8 @@ class ArtifactJobs:
         if problems:
             raise Refused(rejection_reason(problems, weights.path), part_of_problems(problems))
         assert isinstance(report, ArtifactReport)
-        stored = [await asyncio.to_thread(self._store, f) for f in fetched.files]
-        if isinstance(source, UploadSource):
-            await asyncio.to_thread(remove_quietly, self.client, self._bucket, source.staged_key)
+        staged = source.staged_key if isinstance(source, UploadSource) else None
+        stored = [await asyncio.to_thread(self._store, f, staged) for f in fetched.files]
         return adapters.CompleteAdapter(
             version=version,
             artifact=Artifact(
@@ -347,12 +355,12 @@ class ArtifactJobs:
             if problems:
                 raise Refused(rejection_reason(problems))
             assert isinstance(report, ArtifactReport)
-            stored = await asyncio.to_thread(self._store, file)
+            stored = await asyncio.to_thread(self._store, file, staged_key)
             return lora_files.CompleteLoraFile(partial_path=partial_path, file=stored, analysis=analysis_of(report))
 
         outcome = await self._attempts(reporter.key, once)
-        await asyncio.to_thread(remove_quietly, self.client, self._bucket, staged_key)
         if isinstance(outcome, LoraplaneError):
+            await asyncio.to_thread(discard_staged, self.client, self._bucket, staged_key, digest)
             await reporter.send(lora_files.FailLoraFile(partial_path=partial_path, reason=str(outcome)), "fail")
         else:
             await reporter.send(outcome, "complete")
@@ -362,8 +370,7 @@ class ArtifactJobs:
             key = await asyncio.to_thread(staged_or_stored_key, self.client, self._bucket, staged_key, digest)
             if key is None:
                 raise Refused("the uploaded bytes are no longer in storage")
-            stored = await asyncio.to_thread(self._store, SourceFile(path, size, digest, key=key))
-            await asyncio.to_thread(remove_quietly, self.client, self._bucket, staged_key)
+            stored = await asyncio.to_thread(self._store, SourceFile(path, size, digest, key=key), staged_key)
             return filesets.StoreFilesetFile(file=stored)
 
         outcome = await self._attempts(reporter.key, once)
@@ -416,12 +423,35 @@ class ArtifactJobs:
         with file.open(self.client, self._bucket) as read:
             return validate_weights(read, file.size, adapter_config=config, expected_base_model=base_model)
 
-    def _store(self, file: SourceFile) -> StoredFile:
+    def _store(self, file: SourceFile, staged_key: str | None = None) -> StoredFile:
+        """Store one validated file once by content; the key of its home goes on the event.
+
+        A download is written to its content address unless its bytes have a home already. An upload (`staged_key`)
+        stays where the API streamed it, unless its bytes have a home already: then it is removed. Its staging marker
+        goes first, so the staging sweep never removes bytes a name may point at; a crash after that finds the upload,
+        or its home, again on the next run. A file already in the bucket under another key is stored already (a
+        fileset's file). An upload staged by an earlier version (`staging/{uuid}`) is copied to its content address.
+        """
+        client, bucket, staged = self.client, self._bucket, file.key
         if file.local is not None:
-            key = store_blob_from_file(self.client, self._bucket, file.local, file.sha256)
+            key = store_blob_from_file(client, bucket, file.local, file.sha256)
+        elif staged is None or staged != staged_key:
+            assert staged is not None
+            key = staged
+        elif staged.startswith(UPLOADS_PREFIX):
+            release_staged(client, bucket, staged)
+            try:
+                key = settle_upload(client, bucket, staged, file.sha256)
+            except NoLongerStored:
+                raise Refused("the uploaded bytes are no longer in storage; upload the file again") from None
+            if key != staged:
+                remove_quietly(client, bucket, staged)  # equal bytes have a home already
+            crash_point(self._settings, "upload_stored", {file.path})
         else:
-            assert file.key is not None
-            key = store_blob_from_object(self.client, self._bucket, file.key, file.sha256)
+            key = stored_home(client, bucket, file.sha256) or store_blob_from_object(
+                client, bucket, staged, file.sha256
+            )
+            release_staged(client, bucket, staged)
         return StoredFile(path=file.path, key=key, sha256=file.sha256, size=file.size)
 
 

@@ -16,11 +16,11 @@ from minio import Minio
 from infra.civitai import download_civitai
 from infra.errors import LoraplaneError
 from infra.huggingface import fetch_adapter
-from infra.s3_objects import S3ObjectReader, object_exists
+from infra.s3_objects import S3ObjectReader, object_exists, stored_home
 from infra.secrets import SecretBox, SecretError
 from infra.settings import Settings
 from streams.adapters import CivitaiSource, HfSource, RejectedPart, UploadSource, hf_token_context
-from streams.artifacts import Provenance, blob_key
+from streams.artifacts import Provenance
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 
@@ -117,11 +117,11 @@ async def fetch_civitai(source: CivitaiSource, dest: Path, settings: Settings, p
 
 
 def staged_or_stored_key(client: Minio, bucket: str, staged_key: str, sha256: str) -> str | None:
-    """The staged upload, or (when a run before this one stored it and removed the staging) its blob."""
+    """The staged upload, or (when a run before this one found the bytes stored already and removed the upload)
+    the home of its bytes."""
     if object_exists(client, bucket, staged_key):
         return staged_key
-    stored = blob_key(sha256)
-    return stored if object_exists(client, bucket, stored) else None
+    return stored_home(client, bucket, sha256)
 
 
 def upload_file(source: UploadSource, key: str) -> SourceFile:
