@@ -7,8 +7,8 @@ result yet. Progress is reported by quarter, then the aggregated figures with `e
 `evaluation.fail` with the reason); the reports' command ids derive from the `evaluation.requested` event, so a
 re-run's repeats are dropped. `evaluation.cancelled` cancels the job: its requests to the gateway are closed.
 
-The agent calls models as any client does, through the gateway (routing, adapters loaded on demand, usage), with
-an admin key of its own derived from the master key (`infra.gateway_client.internal_api_key`), which it registers
+The agent calls models as any client does, through the gateway (routing, adapters loaded on demand, usage), pinned
+to the evaluation's deployment (`X-Loraplane-Deployment`), with an admin key of its own derived from the master key (`infra.gateway_client.internal_api_key`), which it registers
 once with `api_key.create`.
 """
 
@@ -166,7 +166,8 @@ class EvaluationJobs:
             )
             await self._send(command)
 
-        gateway = GatewayClient(self._settings.evaluation_gateway, self._key.key)
+        # Pinned: every request (the adapter loaded on demand among them) runs on the evaluation's deployment.
+        gateway = GatewayClient(self._settings.evaluation_gateway, self._key.key, deployment=spec.deploy_id)
         try:
             outcome = await self._items(evaluation_id, spec, gateway, report)
         except (GatewayRefused, EngineAnswerError) as exc:
@@ -230,6 +231,7 @@ class EvaluationJobs:
         )
         record["adapter"] = side_record(adapter)
         record["baseline"] = side_record(baseline)
+        record["deploy_id"] = spec.deploy_id  # every answer said so (GatewayClient checks it)
         record["worker"] = self.worker
         record["scored_at"] = datetime.now(UTC).isoformat()
         return record
