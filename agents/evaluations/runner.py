@@ -8,8 +8,8 @@ result yet. Progress is reported by quarter, then the aggregated figures with `e
 re-run's repeats are dropped. `evaluation.cancelled` cancels the job: its requests to the gateway are closed.
 
 The agent calls models as any client does, through the gateway (routing, adapters loaded on demand, usage), pinned
-to the evaluation's deployment (`X-Loraplane-Deployment`), with an admin key of its own derived from the master key (`infra.gateway_client.internal_api_key`), which it registers
-once with `api_key.create`.
+to the evaluation's deployment (`X-Loraplane-Deployment`), with an admin key of its own derived from the master key
+(`infra.gateway_client.internal_api_key`), which it registers once with `api_key.create`.
 """
 
 from __future__ import annotations
