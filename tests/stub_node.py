@@ -51,6 +51,26 @@ def only_live_node_of_gpu(admin: Api, node_id: str, gpu: str) -> bool:
     return bool(mine) and not any(d["gpu_type"] == gpu for n in others for d in n["devices"])
 
 
+# tests/test_gateway.py's own stub node offers these.
+RESERVED = frozenset({"B300-270GB"})
+
+
+def unused_gpu_type(admin: Api) -> str:
+    """A GPU type no deployment left in the stack asks for and no live node offers: a node of it takes no other
+    test's instances, and the instances of a deployment of it land on that node."""
+    from streams.deployments import DeployGpu
+
+    asked = {d["config"]["gpu"] for d in admin.get("/deploy/list").json()}
+    offered = {d["gpu_type"] for n in admin.get("/v2/nodes").json()["data"] if not n["lost"] for d in n["devices"]}
+    free = [
+        g.value
+        for g in DeployGpu
+        if g not in (DeployGpu.CPU, DeployGpu.OTHER) and g.value not in asked | offered | RESERVED
+    ]
+    assert free, f"every GPU type is taken: {sorted(asked | offered)}"
+    return free[0]
+
+
 @contextmanager
 def stub_node_agent(
     stack: Stack, admin_key: str, hub_server: FakeHub, root: Path, gpu: str, count: int

@@ -29,7 +29,7 @@ import pytest
 from tests.fake_civitai import FakeCivitai, FakeFile
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.peft_artifacts import kohya_image_lora
-from tests.stub_node import stub_node_agent, stub_stats, stub_text
+from tests.stub_node import stub_node_agent, stub_stats, stub_text, unused_gpu_type
 from tests.support import Api, Stack, deploy_and_wait_running, engine_key, events, wait_until
 from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
@@ -364,8 +364,9 @@ def test_deploy_id_pins_the_run_to_its_deployment(
     root = tmp_path_factory.mktemp("evaluation-pinned")
     ev_c = make_lora_adapter(setup.base_dir, root / "ev-c", seed=33, base_model_name=BASE_REPO)
     hub_server.repos["loraplane-tests/ev-c"] = FakeRepo.single(files_of(ev_c))
-    with stub_node_agent(stack, admin_key, hub_server, root / "node", "other", 1):
-        body = {"model_name": f"{SERVED}-stub", "gpu": "other", "hf": {"repo": BASE_REPO}}
+    gpu = unused_gpu_type(admin)
+    with stub_node_agent(stack, admin_key, hub_server, root / "node", gpu, 1):
+        body = {"model_name": f"{SERVED}-stub", "gpu": gpu, "hf": {"repo": BASE_REPO}}
         body["lora"] = {"max_loras": 2, "max_lora_rank": 8}
         stub = deploy_and_wait_running(admin, body, timeout=120)
         stub_id, [stub_instance] = stub["deploy_id"], stub["instance_details"]
