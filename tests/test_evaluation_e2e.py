@@ -185,6 +185,51 @@ def test_an_evaluation_agrees_with_transformers_peft_and_with_vllm_s_own_texts(a
     assert admin.get(f"/api/v1/evaluation/{run['id']}").json()["results"] == run["results"]
 
 
+RUBRIC = "Grade the answer."
+SCALE = ["1", "2", "3", "4", "5"]
+
+
+def test_a_judge_grades_both_sides_as_the_same_requests_sent_straight_to_vllm_do(admin: Api, setup: Setup) -> None:
+    from agents.evaluations.scoring import judge_prompt
+
+    body = {
+        "adapter": {"name": "ev-a"},
+        "items": ITEMS,
+        "metrics": ["exact_match"],
+        "judge": {"model": SERVED, "rubric": RUBRIC},
+        "max_tokens": MAX_TOKENS,
+    }
+    answer = admin.post("/api/v1/evaluation", json=body, params={"wait": 300}, timeout=330)
+    assert answer.status_code == 200, answer.text
+    run = answer.json()
+    assert run["status"] == "completed", run
+    assert run["metrics"] == ["exact_match", "judge"]
+    assert run["judge"] == {"model": SERVED, "deploy_id": setup.deploy_id, "rubric": RUBRIC, "reference": True}
+    headers = {"Authorization": f"Bearer {setup.key}"}
+    expected: dict[str, list[int]] = {"adapter": [], "baseline": []}
+    for row, item in zip(results_of(admin, run), ITEMS, strict=True):
+        for side in ("adapter", "baseline"):
+            prompt = judge_prompt(RUBRIC, item["prompt"], row[side]["text"], item["reference"])
+            direct = {
+                "model": SERVED,
+                "prompt": prompt,
+                "max_tokens": 8,
+                "temperature": 0,
+                "structured_outputs": {"choice": SCALE},
+            }
+            got = httpx.post(f"{setup.endpoint}/v1/completions", json=direct, headers=headers, timeout=120)
+            assert got.status_code == 200, got.text
+            text = got.json()["choices"][0]["text"]
+            assert text in SCALE, f"vLLM did not keep to the scale: {text!r}"
+            assert row[side]["judge_output"] == text and row[side]["judge"] == int(text), (side, row)
+            expected[side].append(int(text))
+    figures_of = figures(run)["judge"]
+    print(f"judge: adapter {figures_of['adapter']}, baseline {figures_of['baseline']}, grades {expected}")
+    for side in ("adapter", "baseline"):
+        assert figures_of[side] == pytest.approx(sum(expected[side]) / len(ITEMS))
+    assert figures_of["difference"] == pytest.approx(figures_of["adapter"] - figures_of["baseline"])
+
+
 def test_another_adapter_as_the_baseline(admin: Api, setup: Setup) -> None:
     body = {"adapter": {"name": "ev-a"}, "baseline": {"name": "ev-b", "version": 1}, "items": ITEMS[:3]}
     answer = admin.post("/api/v1/evaluation", json=body, params={"wait": 300}, timeout=330)
@@ -293,6 +338,15 @@ def test_health_names_the_agent_and_the_deployments(admin: Api, user: Api, setup
         ({"items": [{"prompt": "x", "reference": "y"}] * 1001}, ["body", "items"], ""),
         ({"metrics": ["bleu"]}, ["body", "metrics", 0], ""),
         ({"deploy_id": "ev-no-such"}, ["body", "deploy_id"], "does not exist"),
+        ({"judge": {"model": "ev-nobody", "rubric": "r"}}, ["body", "judge", "model"], "neither"),
+        ({"judge": {"model": SERVED}}, ["body", "judge", "rubric"], ""),
+        ({"judge": {"model": SERVED, "rubric": "r", "deploy_id": "ev-no-such"}}, ["body", "judge", "deploy_id"], ""),
+        (
+            {"metrics": ["judge"], "judge": {"model": SERVED, "rubric": "r"}, "items": [{"prompt": "x"}]},
+            ["body", "items", 0, "reference"],
+            "judge",
+        ),
+        ({"metrics": ["judge"]}, ["body", "judge"], "needs a `judge`"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(
