@@ -4,10 +4,12 @@ agent and the gateway.
 
 The figures are checked against independent computations: perplexity with `transformers` + `peft` on the same
 weights (the same token ids: the prompt tokenized with its special tokens, the reference without), exact_match and
-ROUGE-L on the texts vLLM itself answers when asked directly. A worker killed mid-run resumes and scores no item
-twice; a cancel stops a run; bad input answers 422 naming the field.
+ROUGE-L on the texts vLLM itself answers when asked directly, the judge's grades on the same judge requests sent
+straight to vLLM. A worker killed mid-run resumes and scores no item twice; a cancel stops a run; bad input answers
+422 naming the field; `deploy_id` pins where a run executes, against a second deployment of the same base model on
+a stub node (tests/stub_node.py) that the gateway would otherwise pick.
 
-One deployment serves the module (a vLLM start takes about a minute here); the tests run in file order.
+One vLLM deployment serves the module (a vLLM start takes about a minute here); the tests run in file order.
 """
 
 from __future__ import annotations
