@@ -12,6 +12,10 @@ interleaved rounds:
       the same number of items at once as the agent runs (LORAPLANE_EVALUATION_CONCURRENCY, 4) and both sides of an
       item at once.
 
+With `--judge`, both sides also ask the base model for a grade of each generated answer (the judge metric: its
+prompt from `agents.evaluations.scoring.judge_prompt`, its output constrained to 1..5 with vLLM's structured
+outputs).
+
 Goal: items/s through loraplane >= 0.8 of direct. The first run loads the LoRA on demand and is not counted.
 """
 
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
-from agents.evaluations.scoring import text_scores, token_logprob
+from agents.evaluations.scoring import judge_prompt, judge_request, parse_grade, text_scores, token_logprob
 from infra.gateway_client import GatewayClient
 from streams.evaluations import Metric
 from tests.fake_hub import FakeHub, FakeRepo
@@ -46,6 +50,7 @@ LORA = "ev-bench"
 CONCURRENCY = 4
 METRICS = [Metric.PERPLEXITY, Metric.EXACT_MATCH, Metric.ROUGE_L]
 MAX_TOKENS = 16
+RUBRIC = "Grade the answer."
 WORDS = "the quick brown fox jumps over the lazy dog a lora adapter changes a few low rank matrices".split()
 
 
@@ -56,13 +61,15 @@ def items(count: int) -> list[dict[str, str]]:
     ]
 
 
-async def through_loraplane(api: httpx.AsyncClient, dataset: list[dict[str, str]]) -> float:
-    body = {
+async def through_loraplane(api: httpx.AsyncClient, dataset: list[dict[str, str]], judge: bool) -> float:
+    body: dict[str, Any] = {
         "adapter": {"name": LORA},
         "items": dataset,
         "metrics": [m.value for m in METRICS],
         "max_tokens": MAX_TOKENS,
     }
+    if judge:
+        body["judge"] = {"model": SERVED, "rubric": RUBRIC}
     began = time.perf_counter()
     answer = await api.post("/api/v1/evaluation", params={"wait": 300}, json=body)
     seconds = time.perf_counter() - began
@@ -71,7 +78,7 @@ async def through_loraplane(api: httpx.AsyncClient, dataset: list[dict[str, str]
     return seconds
 
 
-async def direct(client: GatewayClient, dataset: list[dict[str, str]]) -> float:
+async def direct(client: GatewayClient, dataset: list[dict[str, str]], judge: bool) -> float:
     slots = asyncio.Semaphore(CONCURRENCY)
 
     async def side(model: str, item: dict[str, str], ids: list[int], start: int) -> None:
@@ -82,6 +89,9 @@ async def direct(client: GatewayClient, dataset: list[dict[str, str]]) -> float:
         await asyncio.gather(*(at(p) for p in range(start, len(ids))))
         text = await client.generate(model, item["prompt"], max_tokens=MAX_TOKENS, temperature=0.0)
         text_scores(METRICS, text, item["reference"])
+        if judge:
+            prompt = judge_prompt(RUBRIC, item["prompt"], text, item["reference"])
+            parse_grade((await client.complete(judge_request(SERVED, prompt))).text)
 
     async def one(item: dict[str, str]) -> None:
         async with slots:
@@ -108,19 +118,20 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         )
         dataset = items(args.items)
         try:
-            warm = await through_loraplane(api, dataset[:4])  # loads the LoRA on demand
+            warm = await through_loraplane(api, dataset[:4], args.judge)  # loads the LoRA on demand
             print(f"warm-up run (loads {LORA} on demand): {warm:.1f}s")
             ours: list[float] = []
             theirs: list[float] = []
             for round_ in range(args.rounds):
-                ours.append(len(dataset) / await through_loraplane(api, dataset))
-                theirs.append(len(dataset) / await direct(engine, dataset))
+                ours.append(len(dataset) / await through_loraplane(api, dataset, args.judge))
+                theirs.append(len(dataset) / await direct(engine, dataset, args.judge))
                 print(f"round {round_ + 1}: {ours[-1]:.2f} items/s through loraplane, {theirs[-1]:.2f} direct")
         finally:
             await engine.close()
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
         print(
-            f"\n{args.items} items x {args.rounds} rounds, metrics {', '.join(m.value for m in METRICS)}, "
+            f"\n{args.items} items x {args.rounds} rounds, metrics {', '.join(m.value for m in METRICS)}"
+            f"{' + judge' if args.judge else ''}, "
             f"{MAX_TOKENS} tokens generated per side"
         )
         print(
@@ -137,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=40, help="items per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--judge", action="store_true", help="add the judge metric (the base model grades)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="loraplane-bench-") as tmp:
         work = Path(tmp)

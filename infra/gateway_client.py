@@ -2,6 +2,10 @@
 (the evaluation agent). It asks what an evaluation needs of vLLM: token ids, next-token log-probabilities,
 completions.
 
+A client made with `deployment` pins every request to that deployment (the gateway's `X-Loraplane-Deployment`
+header: an adapter is loaded there, not on another deployment of its base model) and checks that each answer says it
+came from there.
+
 What a retry can cure is retried here (an adapter still loading answers 503 with `Retry-After`; a key made a moment
 ago is not known to the gateway yet: 401; an engine that broke off: 502/504); anything else raises `GatewayRefused`
 with the gateway's message.
@@ -19,6 +23,7 @@ import httpx
 
 from infra.errors import LoraplaneError
 from infra.secrets import SecretBox
+from streams.deployments import DEPLOYMENT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +57,20 @@ class Completion:
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, key: str, *, timeout_s: float = 600.0, attempts: int = 30) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        *,
+        deployment: str | None = None,
+        timeout_s: float = 600.0,
+        attempts: int = 30,
+    ) -> None:
         self._url = f"{base_url.rstrip('/')}/v1/completions"
         self._headers = {"Authorization": f"Bearer {key}"}
+        self._deployment = deployment
+        if deployment is not None:
+            self._headers[DEPLOYMENT_HEADER] = deployment
         self._attempts = attempts
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0))
 
@@ -112,6 +128,12 @@ class GatewayClient:
                 log.warning("gateway: %s; trying again in %.1fs", exc, delay)
             else:
                 if response.status_code == 200:
+                    answered_by = response.headers.get(DEPLOYMENT_HEADER)
+                    if self._deployment is not None and answered_by != self._deployment:
+                        raise GatewayRefused(
+                            f"{body.get('model')}: answered by deployment {answered_by!r}, "
+                            f"not {self._deployment!r} it was pinned to"
+                        )
                     choice = response.json()["choices"][0]
                     logprobs = choice.get("logprobs") or {}
                     return Completion(choice["text"], choice.get("prompt_token_ids"), logprobs.get("top_logprobs"))

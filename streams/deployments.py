@@ -68,6 +68,12 @@ class LoraSettings(Frozen):
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
 
 
+# The inference gateway's headers: on a request, the one deployment that must answer it (`api.gateway.routing.pin`);
+# on an answer, the deployment and instance that did.
+DEPLOYMENT_HEADER = "X-Loraplane-Deployment"
+INSTANCE_HEADER = "X-Loraplane-Instance"
+
+
 def engine_key_context(deploy_id: str, instance_id: str) -> str:
     """What an instance's engine API key is sealed for (its node seals, the gateway opens): no other instance's."""
     return f"instance:{deploy_id}/{instance_id}:engine_key"

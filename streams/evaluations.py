@@ -1,7 +1,8 @@
 """Evaluations: an adapter scored against a baseline (its base model or another adapter) on a dataset, as a job.
 
 `evaluation.request` names two targets by the names the inference gateway resolves, the deployment they run on,
-the metrics, the sampling settings and the dataset (inline items, or a JSONL object in S3). The evaluation agent
+the metrics, the sampling settings, the dataset (inline items, or a JSONL object in S3) and, for the `judge` metric,
+the model that grades the answers and the deployment it runs on. The evaluation agent
 runs the items through the gateway and reports progress (by quarter), then the outcome; a cancel stops it.
 
 The dataset rules live here, beside the wire format, because the API (422 before anything is published) and the
@@ -13,11 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field
 
 from streams.envelope import Frozen, Payload
-from streams.registry import command, event
+from streams.registry import command, event, upcaster
 
 AGGREGATE = "evaluation"
 
@@ -31,12 +33,16 @@ class Metric(StrEnum):
     EXACT_MATCH = "exact_match"  # generated text equals the reference (surrounding white space ignored)
     CONTAINS = "contains"  # generated text contains the reference
     ROUGE_L = "rouge_l"  # ROUGE-L F-measure of the generated text against the reference (`rouge-score`)
+    JUDGE = "judge"  # another model's grade of the generated text, on JUDGE_SCALE (`JudgeSpec`)
 
 
-# Every metric here compares with a reference; a judge (none yet) would not need one.
-NEEDS_REFERENCE = frozenset(Metric)
+# Metrics that compare with a reference; the judge does when it is shown one (`JudgeSpec.reference`).
+NEEDS_REFERENCE = frozenset({Metric.PERPLEXITY, Metric.EXACT_MATCH, Metric.CONTAINS, Metric.ROUGE_L})
 # Metrics computed from generated text (the others need no generation).
-GENERATIVE = frozenset({Metric.EXACT_MATCH, Metric.CONTAINS, Metric.ROUGE_L})
+GENERATIVE = frozenset({Metric.EXACT_MATCH, Metric.CONTAINS, Metric.ROUGE_L, Metric.JUDGE})
+# The grades a judge may answer: its output is constrained to one of them (vLLM's structured outputs).
+JUDGE_SCALE = ("1", "2", "3", "4", "5")
+MAX_RUBRIC_CHARS = 4000
 
 
 class EvaluationStatus(StrEnum):
@@ -64,6 +70,16 @@ class Sampling(Frozen):
     max_tokens: int = Field(default=32, ge=1, le=1024)
 
 
+class JudgeSpec(Frozen):
+    """The judge metric: `model` (a deployment's model_name, or an adapter as `name@vN`) grades each generated answer
+    by `rubric`, run on deployment `deploy_id` (pinned, as the evaluation's own requests are)."""
+
+    model: str = Field(min_length=1, max_length=512)
+    deploy_id: str = Field(min_length=1, max_length=255)
+    rubric: str = Field(min_length=1, max_length=MAX_RUBRIC_CHARS)
+    reference: bool = True  # the judge is shown each item's reference (items then need one)
+
+
 class EvaluationSpec(Frozen):
     adapter: Target
     baseline: Target
@@ -75,6 +91,7 @@ class EvaluationSpec(Frozen):
     items: tuple[DatasetItem, ...] | None = Field(default=None, max_length=MAX_ITEMS)
     dataset_key: str | None = Field(default=None, max_length=1024)  # a JSONL object in the bucket
     item_count: int = Field(ge=1, le=MAX_ITEMS)
+    judge: JudgeSpec | None = None  # with Metric.JUDGE, and only then
 
 
 class MetricResult(Frozen):
@@ -86,8 +103,13 @@ class MetricResult(Frozen):
 
 
 @command("evaluation.request", aggregate_type=AGGREGATE)
+class RequestEvaluationV1(Payload):
+    spec: EvaluationSpec  # without `judge`
+
+
+@command("evaluation.request", version=2, aggregate_type=AGGREGATE)
 class RequestEvaluation(Payload):
-    spec: EvaluationSpec
+    spec: EvaluationSpec  # `judge` added
 
 
 @command("evaluation.cancel", aggregate_type=AGGREGATE)
@@ -114,8 +136,21 @@ class FailEvaluation(Payload):
 
 
 @event("evaluation.requested", aggregate_type=AGGREGATE)
+class EvaluationRequestedV1(Payload):
+    spec: EvaluationSpec  # without `judge`
+
+
+@event("evaluation.requested", version=2, aggregate_type=AGGREGATE)
 class EvaluationRequested(Payload):
-    spec: EvaluationSpec
+    spec: EvaluationSpec  # `judge` added
+
+
+def _spec_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "spec": {**data["spec"], "judge": None}}  # runs requested before the judge existed had none
+
+
+upcaster("evaluation.request", from_version=1)(_spec_v1_to_v2)
+upcaster("evaluation.requested", from_version=1)(_spec_v1_to_v2)
 
 
 @event("evaluation.progressed", aggregate_type=AGGREGATE)
@@ -212,12 +247,16 @@ def _item_problem(value: object, where: str) -> tuple[str, str] | None:
 
 
 def dataset_problems(
-    items: tuple[DatasetItem, ...] | list[DatasetItem], metrics: tuple[Metric, ...], *, where: str = "items"
+    items: tuple[DatasetItem, ...] | list[DatasetItem],
+    metrics: tuple[Metric, ...],
+    *,
+    where: str = "items",
+    judge_sees_reference: bool = True,
 ) -> list[DatasetProblem]:
     """What keeps these items from being scored with these metrics: every item needs a `reference` when a metric
-    compares with one (the first item without one is named)."""
+    compares with one (the first item without one is named); the judge does when it is shown the reference."""
     problems: list[DatasetProblem] = []
-    needing = [m.value for m in metrics if m in NEEDS_REFERENCE]
+    needing = [m.value for m in metrics if m in NEEDS_REFERENCE or (m is Metric.JUDGE and judge_sees_reference)]
     if needing:
         for index, item in enumerate(items):
             if item.reference is None or not item.reference:

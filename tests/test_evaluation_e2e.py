@@ -4,10 +4,12 @@ agent and the gateway.
 
 The figures are checked against independent computations: perplexity with `transformers` + `peft` on the same
 weights (the same token ids: the prompt tokenized with its special tokens, the reference without), exact_match and
-ROUGE-L on the texts vLLM itself answers when asked directly. A worker killed mid-run resumes and scores no item
-twice; a cancel stops a run; bad input answers 422 naming the field.
+ROUGE-L on the texts vLLM itself answers when asked directly, the judge's grades on the same judge requests sent
+straight to vLLM. A worker killed mid-run resumes and scores no item twice; a cancel stops a run; bad input answers
+422 naming the field; `deploy_id` pins where a run executes, against a second deployment of the same base model on
+a stub node (tests/stub_node.py) that the gateway would otherwise pick.
 
-One deployment serves the module (a vLLM start takes about a minute here); the tests run in file order.
+One vLLM deployment serves the module (a vLLM start takes about a minute here); the tests run in file order.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.fake_civitai import FakeCivitai, FakeFile
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.peft_artifacts import kohya_image_lora
-from tests.support import Api, Stack, deploy_and_wait_running, engine_key, wait_until
+from tests.stub_node import stub_node_agent, stub_stats, stub_text, unused_gpu_type
+from tests.support import Api, Stack, deploy_and_wait_running, engine_key, events, wait_until
 from tests.tiny_llama import cpu_deploy_body, files_of, make_lora_adapter, make_tiny_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
@@ -183,6 +187,51 @@ def test_an_evaluation_agrees_with_transformers_peft_and_with_vllm_s_own_texts(a
     assert admin.get(f"/api/v1/evaluation/{run['id']}").json()["results"] == run["results"]
 
 
+RUBRIC = "Grade the answer."
+SCALE = ["1", "2", "3", "4", "5"]
+
+
+def test_a_judge_grades_both_sides_as_the_same_requests_sent_straight_to_vllm_do(admin: Api, setup: Setup) -> None:
+    from agents.evaluations.scoring import judge_prompt
+
+    body = {
+        "adapter": {"name": "ev-a"},
+        "items": ITEMS,
+        "metrics": ["exact_match"],
+        "judge": {"model": SERVED, "rubric": RUBRIC},
+        "max_tokens": MAX_TOKENS,
+    }
+    answer = admin.post("/api/v1/evaluation", json=body, params={"wait": 300}, timeout=330)
+    assert answer.status_code == 200, answer.text
+    run = answer.json()
+    assert run["status"] == "completed", run
+    assert run["metrics"] == ["exact_match", "judge"]
+    assert run["judge"] == {"model": SERVED, "deploy_id": setup.deploy_id, "rubric": RUBRIC, "reference": True}
+    headers = {"Authorization": f"Bearer {setup.key}"}
+    expected: dict[str, list[int]] = {"adapter": [], "baseline": []}
+    for row, item in zip(results_of(admin, run), ITEMS, strict=True):
+        for side in ("adapter", "baseline"):
+            prompt = judge_prompt(RUBRIC, item["prompt"], row[side]["text"], item["reference"])
+            direct = {
+                "model": SERVED,
+                "prompt": prompt,
+                "max_tokens": 8,
+                "temperature": 0,
+                "structured_outputs": {"choice": SCALE},
+            }
+            got = httpx.post(f"{setup.endpoint}/v1/completions", json=direct, headers=headers, timeout=120)
+            assert got.status_code == 200, got.text
+            text = got.json()["choices"][0]["text"]
+            assert text in SCALE, f"vLLM did not keep to the scale: {text!r}"
+            assert row[side]["judge_output"] == text and row[side]["judge"] == int(text), (side, row)
+            expected[side].append(int(text))
+    figures_of = figures(run)["judge"]
+    print(f"judge: adapter {figures_of['adapter']}, baseline {figures_of['baseline']}, grades {expected}")
+    for side in ("adapter", "baseline"):
+        assert figures_of[side] == pytest.approx(sum(expected[side]) / len(ITEMS))
+    assert figures_of["difference"] == pytest.approx(figures_of["adapter"] - figures_of["baseline"])
+
+
 def test_another_adapter_as_the_baseline(admin: Api, setup: Setup) -> None:
     body = {"adapter": {"name": "ev-a"}, "baseline": {"name": "ev-b", "version": 1}, "items": ITEMS[:3]}
     answer = admin.post("/api/v1/evaluation", json=body, params={"wait": 300}, timeout=330)
@@ -291,6 +340,15 @@ def test_health_names_the_agent_and_the_deployments(admin: Api, user: Api, setup
         ({"items": [{"prompt": "x", "reference": "y"}] * 1001}, ["body", "items"], ""),
         ({"metrics": ["bleu"]}, ["body", "metrics", 0], ""),
         ({"deploy_id": "ev-no-such"}, ["body", "deploy_id"], "does not exist"),
+        ({"judge": {"model": "ev-nobody", "rubric": "r"}}, ["body", "judge", "model"], "neither"),
+        ({"judge": {"model": SERVED}}, ["body", "judge", "rubric"], ""),
+        ({"judge": {"model": SERVED, "rubric": "r", "deploy_id": "ev-no-such"}}, ["body", "judge", "deploy_id"], ""),
+        (
+            {"metrics": ["judge"], "judge": {"model": SERVED, "rubric": "r"}, "items": [{"prompt": "x"}]},
+            ["body", "items", 0, "reference"],
+            "judge",
+        ),
+        ({"metrics": ["judge"]}, ["body", "judge"], "needs a `judge`"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(
@@ -346,3 +404,75 @@ def test_a_jsonl_dataset_is_uploaded_checked_by_line_and_evaluated(admin: Api, s
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "dataset_id"]
     both = admin.post("/api/v1/evaluation", json={**body, "items": ITEMS[:1]})
     assert both.status_code == 422 and both.json()["detail"][0]["loc"] == ["body", "items"]
+
+
+def test_deploy_id_pins_the_run_to_its_deployment(
+    admin: Api,
+    admin_key: str,
+    stack: Stack,
+    setup: Setup,
+    hub_server: FakeHub,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A second deployment of the same base model, on a stub node (answers at once, with no log-probabilities), serves
+    ev-c pinned: without a pin the gateway sends ev-c there. The evaluation pinned to the real deployment loads ev-c
+    there on demand, and every answer it scored came from there."""
+    root = tmp_path_factory.mktemp("evaluation-pinned")
+    ev_c = make_lora_adapter(setup.base_dir, root / "ev-c", seed=33, base_model_name=BASE_REPO)
+    hub_server.repos["loraplane-tests/ev-c"] = FakeRepo.single(files_of(ev_c))
+    gpu = unused_gpu_type(admin)
+    with stub_node_agent(stack, admin_key, hub_server, root / "node", gpu, 1):
+        body = {"model_name": f"{SERVED}-stub", "gpu": gpu, "hf": {"repo": BASE_REPO}}
+        body["lora"] = {"max_loras": 2, "max_lora_rank": 8}
+        stub = deploy_and_wait_running(admin, body, timeout=120)
+        stub_id, [stub_instance] = stub["deploy_id"], stub["instance_details"]
+        try:
+            # ev-c, an Empower LoRA stored now, is served at once on both deployments of its base model; it is then
+            # served pinned on the stub one and no longer on the real one.
+            lora = {"model_source": "HF_HUB", "model_name": "loraplane-tests/ev-c", "name": "ev-c"}
+            assert admin.post("/api/v1/lora", json=lora, params=WAIT).status_code == 200
+            if any(a["name"] == "ev-c" for a in admin.get(f"/deploy/{setup.deploy_id}").json()["adapters"]):
+                undeployed = admin.delete(f"/deploy/{setup.deploy_id}/lora/ev-c", params=WAIT)
+                assert undeployed.status_code == 204, undeployed.text
+            served = admin.post("/deploy/lora", params=WAIT, json={"deploy_id": stub_id, "lora_name": "ev-c"})
+            assert served.status_code == 200, served.text
+            client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=admin_key, max_retries=0, timeout=60)
+            unpinned = client.completions.with_raw_response.create(model="ev-c", prompt="where", max_tokens=2)
+            assert unpinned.headers["x-loraplane-deployment"] == stub_id
+            assert unpinned.parse().choices[0].text == stub_text("ev-c", "where", 2)
+            stub_requests = stub_stats(stub_instance["endpoint"])["requests"]
+
+            body = {
+                "adapter": {"name": "ev-c"},
+                "deploy_id": setup.deploy_id,
+                "items": ITEMS[:3],
+                "metrics": ["perplexity", "exact_match"],
+                "max_tokens": MAX_TOKENS,
+            }
+            answer = admin.post("/api/v1/evaluation", json=body, params={"wait": 300}, timeout=330)
+            assert answer.status_code == 200, answer.text
+            run = answer.json()
+            assert run["status"] == "completed" and run["deploy_id"] == setup.deploy_id, run
+            got = figures(run)["perplexity"]["adapter"]
+            assert got == pytest.approx(hf_perplexity(setup.base_dir, ev_c, ITEMS[:3]), rel=1e-3)
+            rows = results_of(admin, run)
+            assert {r["deploy_id"] for r in rows} == {setup.deploy_id}
+            for row, item in zip(rows, ITEMS[:3], strict=True):
+                assert row["adapter"]["text"] == setup.completion("ev-c@v1", item["prompt"])
+            # ev-c was loaded on demand on the pinned deployment, and the stub engine heard nothing of the run.
+            log = events(stack)
+            attached = [
+                e["payload"]
+                for e in log
+                if e["type"] == "deployment.adapter_attached"
+                and e["payload"]["adapter"]["adapter_id"] == "default/ev-c"
+                and e["aggregate_id"] == setup.deploy_id
+            ]
+            assert attached[-1]["adapter"]["name"] == "ev-c@v1" and attached[-1]["on_demand"] is True, attached
+            loaded = {
+                e["aggregate_id"] for e in log if e["type"] == "adapter.loaded" and e["payload"]["name"] == "ev-c@v1"
+            }
+            assert loaded == {setup.deploy_id}
+            assert stub_stats(stub_instance["endpoint"])["requests"] == stub_requests
+        finally:
+            admin.delete(f"/deploy/{stub_id}", params=WAIT)

@@ -15,6 +15,9 @@ from agents.evaluations.scoring import (
     aggregate,
     contains,
     exact_match,
+    judge_prompt,
+    judge_request,
+    parse_grade,
     perplexity,
     progress_step,
     rouge_l,
@@ -33,6 +36,7 @@ from streams.evaluations import (
     DatasetProblem,
     EvaluationSpec,
     EvaluationStatus,
+    JudgeSpec,
     Metric,
     ReportEvaluationProgress,
     RequestEvaluation,
@@ -195,6 +199,72 @@ def test_the_aggregate_applies_the_dataset_rules_too() -> None:
     assert refused.value.code is RejectionCode.INVALID and refused.value.field == "items"
     with pytest.raises(Rejected):
         run(None, RequestEvaluation(spec=spec(item_count=2)))
+
+
+# --- the judge -------------------------------------------------------------------------------------------------------
+
+
+def test_the_judge_prompt_holds_the_rubric_the_item_and_the_answer() -> None:
+    assert judge_prompt(" Is it right? ", "2+2=", " 4", "4") == (
+        "Is it right?\n\nPrompt: 2+2=\nReference: 4\nAnswer:  4\nGrade (1-5):"
+    )
+    assert "Reference" not in judge_prompt("Is it right?", "2+2=", "4")  # a judge not shown the reference
+
+
+def test_the_judge_request_constrains_the_output_to_the_scale_with_structured_outputs() -> None:
+    body = judge_request("judge-model", "the prompt")
+    assert body["structured_outputs"] == {"choice": ["1", "2", "3", "4", "5"]}
+    assert body["temperature"] == 0 and body["model"] == "judge-model" and body["prompt"] == "the prompt"
+    assert "guided_choice" not in body  # vLLM 0.32 ignores it: the output would not be constrained
+
+
+@pytest.mark.parametrize(("text", "grade"), [("3", 3.0), (" 5\n", 5.0), ("1", 1.0)])
+def test_a_grade_is_read_from_the_judge_s_output(text: str, grade: float) -> None:
+    assert parse_grade(text) == grade
+
+
+@pytest.mark.parametrize("text", ["", "6", "0", "three", "3 stars", "4.5"])
+def test_an_output_off_the_scale_is_an_engine_answer_error(text: str) -> None:
+    with pytest.raises(EngineAnswerError, match="not one of 1, 2, 3, 4, 5"):
+        parse_grade(text)
+
+
+def test_judge_grades_are_averaged_per_side_and_kept_per_item() -> None:
+    rows = [
+        {
+            "adapter": side_record(SideScore(scores={"judge": 4.0}, text="a", judge_output="4")),
+            "baseline": side_record(SideScore(scores={"judge": 1.0}, text="b", judge_output="1")),
+        },
+        {
+            "adapter": side_record(SideScore(scores={"judge": 5.0}, text="c", judge_output="5")),
+            "baseline": side_record(SideScore(scores={"judge": 2.0}, text="d", judge_output="2")),
+        },
+    ]
+    assert rows[0]["adapter"] == {"judge": 4.0, "text": "a", "judge_output": "4"}
+    [result] = aggregate((Metric.JUDGE,), rows)
+    assert (result.adapter, result.baseline, result.difference, result.items) == (4.5, 1.5, 3.0, 2)
+
+
+def test_a_judge_shown_the_reference_needs_one_on_every_item() -> None:
+    items = [DatasetItem(prompt="a", reference="b"), DatasetItem(prompt="c")]
+    [problem] = dataset_problems(items, (Metric.JUDGE,))
+    assert problem.loc == ("body", "items", 1, "reference") and "judge" in problem.msg
+    assert dataset_problems(items, (Metric.JUDGE,), judge_sees_reference=False) == []
+
+
+def test_the_judge_metric_and_a_judge_come_together() -> None:
+    judge = JudgeSpec(model="tiny", deploy_id="d1", rubric="Grade it.")
+    for bad in (spec(metrics=(Metric.JUDGE,)), spec(judge=judge)):
+        with pytest.raises(Rejected) as refused:
+            run(None, RequestEvaluation(spec=bad))
+        assert refused.value.code is RejectionCode.INVALID and refused.value.field == "judge"
+    [_], state = run(None, RequestEvaluation(spec=spec(metrics=(Metric.JUDGE,), judge=judge)))
+    assert state is not None and state.spec.judge == judge
+    no_reference = judge.model_copy(update={"reference": False})
+    items = (DatasetItem(prompt="p"),)
+    with pytest.raises(Rejected):
+        run(None, RequestEvaluation(spec=spec(metrics=(Metric.JUDGE,), judge=judge, items=items)))
+    run(None, RequestEvaluation(spec=spec(metrics=(Metric.JUDGE,), judge=no_reference, items=items)))
 
 
 def test_the_agents_key_is_derived_from_the_master_key_in_the_apis_format() -> None:

@@ -32,9 +32,9 @@ import pytest
 
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.peft_artifacts import peft_lora_files, peft_repo_files
+from tests.stub_node import stub_node_agent, stub_stats, stub_text
 from tests.support import Api, Stack, engine_key, events, free_port, read_topic, wait_until
 
-STUB = Path(__file__).with_name("stub_engine.py")
 BASE_REPO = "loraplane-tests/stub-llama"
 SERVED = "stub-llama"
 CONFIG = b'{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}'
@@ -51,12 +51,6 @@ class StubNode:
     data_dir: Path
 
 
-def stub_text(model: str, prompt: str, max_tokens: int) -> str:
-    """What tests/stub_engine.py answers."""
-    words = [model, "says", *prompt.split()]
-    return "".join(f" {words[i % len(words)]}" for i in range(max_tokens))
-
-
 def gateway_client(stack: Stack, key: str, url: str | None = None) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url or stack.api_url}/v1", api_key=key, max_retries=0, timeout=60)
 
@@ -70,72 +64,40 @@ def deployment(user: Api, deploy_id: str) -> dict[str, Any]:
 GPU = "B300-270GB"
 
 
-def only_live_node_of_gpu(admin: Api, node_id: str) -> bool:
-    nodes = admin.get("/v2/nodes").json()["data"]
-    others = [n for n in nodes if not n["lost"] and n["node_id"] != node_id]
-    mine = [n for n in nodes if n["node_id"] == node_id and not n["lost"]]
-    return bool(mine) and not any(d["gpu_type"] == GPU for n in others for d in n["devices"])
-
-
 @pytest.fixture(scope="module")
 def stub_node(
     stack: Stack, user_key: str, admin_key: str, hub_server: FakeHub, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StubNode]:
     root = tmp_path_factory.mktemp("stub-node")
-    fake_vllm = root / "fake-vllm"
-    fake_vllm.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STUB}" "$@"\n')
-    fake_vllm.chmod(0o755)
     hub_server.repos[BASE_REPO] = FakeRepo.single({"config.json": CONFIG, "model.safetensors": b"w" * 16})
-    node_id = f"stub-node-{uuid.uuid4().hex[:6]}"
-    env = {
-        **stack.cli_env(),
-        "LORAPLANE_DATA_DIR": str(root / "data"),
-        "LORAPLANE_NODE_ID": node_id,
-        "LORAPLANE_NODE_DEVICES": f"{GPU}:2",
-        "LORAPLANE_VLLM_PYTHON": str(fake_vllm),
-        "LORAPLANE_NODE_ADVERTISE_HOST": "127.0.0.2",
-        "HF_ENDPOINT": hub_server.url,
-        # The node seals each engine's key; the gateway opens it: both share the stack's master key and key store.
-        "LORAPLANE_SECRET_KEY": (stack.data_dir / "secret.key").read_text().strip(),
-        "LORAPLANE_SECRET_KEY_DIR": str(stack.data_dir / "secret-keys"),
-    }
-    log = (root / "node.log").open("wb")
-    node = subprocess.Popen([sys.executable, "-m", "infra.cli", "node"], env=env, stdout=log, stderr=subprocess.STDOUT)
     user = Api(stack, user_key)
     deploy_id = None
     try:
-        with Api(stack, admin_key) as admin:
-            wait_until(lambda: only_live_node_of_gpu(admin, node_id), timeout=60, interval=0.5, message=f"{GPU} nodes")
-        body = {
-            "model_name": SERVED,
-            "gpu": GPU,
-            "hf": {"repo": BASE_REPO},
-            "settings": {"min_instances": 2, "max_instances": 2},
-            "lora": {"max_loras": 1, "max_lora_rank": 8},
-        }
-        answer = user.post("/deploy/llm", params=WAIT, json=body)
-        assert answer.status_code == 200, answer.text
-        deploy_id = answer.json()["deploy_id"]
+        with stub_node_agent(stack, admin_key, hub_server, root, GPU, 2) as node:
+            body = {
+                "model_name": SERVED,
+                "gpu": GPU,
+                "hf": {"repo": BASE_REPO},
+                "settings": {"min_instances": 2, "max_instances": 2},
+                "lora": {"max_loras": 1, "max_lora_rank": 8},
+            }
+            answer = user.post("/deploy/llm", params=WAIT, json=body)
+            assert answer.status_code == 200, answer.text
+            deploy_id = answer.json()["deploy_id"]
 
-        def running() -> list[str] | None:
-            got = deployment(user, deploy_id)
-            assert got["status"] != "failed", got["fail_reason"]
-            endpoints = [i["endpoint"] for i in got["instance_details"] if i["status"] == "running"]
-            return endpoints if len(endpoints) == 2 else None
+            def running() -> list[str] | None:
+                got = deployment(user, deploy_id)
+                assert got["status"] != "failed", got["fail_reason"]
+                endpoints = [i["endpoint"] for i in got["instance_details"] if i["status"] == "running"]
+                return endpoints if len(endpoints) == 2 else None
 
-        endpoints = wait_until(running, timeout=90, interval=0.3, message="both stub instances running")
-        yield StubNode(node_id, deploy_id, sorted(endpoints), node, root / "data")
+            endpoints = wait_until(running, timeout=90, interval=0.3, message="both stub instances running")
+            try:
+                yield StubNode(node.node_id, deploy_id, sorted(endpoints), node.process, node.data_dir)
+            finally:
+                user.delete(f"/deploy/{deploy_id}", params=WAIT)
     finally:
-        if deploy_id is not None:
-            user.delete(f"/deploy/{deploy_id}", params=WAIT)
         user.close()
-        node.terminate()
-        node.wait(timeout=30)
-        log.close()
-
-
-def stub_stats(endpoint: str) -> dict[str, Any]:
-    return httpx.get(f"{endpoint}/_stub/stats", timeout=5).json()  # type: ignore[no-any-return]
 
 
 def test_completions_reach_the_engine_on_the_node_s_address_with_the_engine_s_own_key(
@@ -207,6 +169,36 @@ def test_errors_are_in_openai_s_shape(stack: Stack, user_key: str, stub_node: St
         wrong = httpx.request(method, f"{stack.api_url}/v1/chat/completions", headers=headers, timeout=10)
         assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", (method, wrong.text)
         assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_request_pinned_to_a_deployment_says_where_it_ran_and_an_unusable_pin_is_a_404(
+    stack: Stack, user_key: str, stub_node: StubNode
+) -> None:
+    client = gateway_client(stack, user_key)
+    pinned = {"X-Loraplane-Deployment": stub_node.deploy_id}
+    raw = client.completions.with_raw_response.create(model=SERVED, prompt="pin me", max_tokens=3, extra_headers=pinned)
+    assert raw.headers["x-loraplane-deployment"] == stub_node.deploy_id
+    with Api(stack, user_key) as user:
+        instances = {i["instance_id"] for i in deployment(user, stub_node.deploy_id)["instance_details"]}
+    assert raw.headers["x-loraplane-instance"] in instances
+    assert raw.parse().choices[0].text == stub_text(SERVED, "pin me", 3)
+    unpinned = client.completions.with_raw_response.create(model=SERVED, prompt="x", max_tokens=1)
+    assert unpinned.headers["x-loraplane-deployment"] == stub_node.deploy_id  # said on every answer
+
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.completions.create(
+            model=SERVED, prompt="x", max_tokens=1, extra_headers={"X-Loraplane-Deployment": "no-such-deployment"}
+        )
+    assert unknown.value.code == "deployment_not_found"
+    assert "'no-such-deployment' does not exist" in unknown.value.message
+    assert unknown.value.body["param"] == "X-Loraplane-Deployment"  # type: ignore[index]
+    blank = httpx.post(
+        f"{stack.api_url}/v1/completions",
+        json={"model": SERVED, "prompt": "x"},
+        headers={"Authorization": f"Bearer {user_key}", "X-Loraplane-Deployment": ""},
+        timeout=10,
+    )
+    assert blank.status_code == 400 and blank.json()["error"]["param"] == "X-Loraplane-Deployment", blank.text
 
 
 def test_a_model_with_no_running_instance_answers_503_with_retry_after(

@@ -18,6 +18,7 @@ from api.gateway.routing import (
     attached_to,
     on_demand_name,
     parse_model,
+    pin,
     plan_loads,
     rank,
     resolve,
@@ -86,11 +87,11 @@ def store_adapter(
     )
 
 
-def deploy(state: RoutingState, deploy_id: str, model: str = "base", *, max_loras: int = 2) -> None:
+def deploy(state: RoutingState, deploy_id: str, model: str = "base", *, max_loras: int = 2, repo: str = BASE) -> None:
     spec = dep.DeploymentSpec(
         model_name=model,
         gpu=dep.DeployGpu.CPU,
-        weights=dep.Weights(repo=BASE),
+        weights=dep.Weights(repo=repo),
         lora=dep.LoraSettings(max_loras=max_loras, max_lora_rank=8),
     )
     apply(state, deploy_id, dep.DeploymentCreated(spec=spec))
@@ -285,6 +286,69 @@ def test_attached_to_finds_an_adapter_being_loaded(state: RoutingState) -> None:
     assert attached_to(state, target) == []
     attach(state, "d1", on_demand_name(target.adapter, 1), "lora-a", 1, on_demand=True)
     assert attached_to(state, target) == [("d1", "lora-a@v1")]
+
+
+def test_a_request_pinned_to_a_deployment_routes_and_loads_there_only(state: RoutingState) -> None:
+    deploy(state, "d2")
+    run_instance(state, "d2", "d2-1")
+    # lora-a is served and loaded on d1: unpinned, d1 answers it and no load is needed.
+    attach(state, "d1", "lora-a", "lora-a", 1)
+    loaded(state, "d1", "d1-1", "lora-a", 1)
+    target = resolve(state, "lora-a")
+    assert isinstance(target, AdapterTarget)
+    assert [r.deploy_id for r in routes_for(state, target, {})] == ["d1"]
+
+    # Pinned to d2, it has no route until it is loaded there, and the load is planned on d2 alone.
+    on_d2 = pin(state, target, "d2")
+    assert isinstance(on_d2, AdapterTarget) and on_d2.deploy_id == "d2"
+    assert routes_for(state, on_d2, {}) == [] and attached_to(state, on_d2) == []
+    version = on_d2.wanted()
+    assert version is not None
+    choice = plan_loads(state, version, {"d2-1": 9}, {}, {}, served_name="lora-a@v1", only=on_d2.deploy_id)
+    assert [p.deploy_id for p in choice.plans] == ["d2"]  # however busy d2 is, and d1 has free slots too
+    attach(state, "d2", "lora-a@v1", "lora-a", 1, on_demand=True)
+    assert attached_to(state, on_d2) == [("d2", "lora-a@v1")]
+    loaded(state, "d2", "d2-1", "lora-a@v1", 1)
+    assert [(r.deploy_id, r.served_name) for r in routes_for(state, on_d2, {})] == [("d2", "lora-a@v1")]
+    pinned_d1 = pin(state, target, "d1")
+    assert isinstance(pinned_d1, AdapterTarget)
+    assert [(r.deploy_id, r.served_name) for r in routes_for(state, pinned_d1, {})] == [("d1", "lora-a")]
+
+    # A base model pinned: only the named deployment of that model_name answers.
+    base = resolve(state, "base")
+    assert isinstance(base, BaseTarget) and set(base.deploy_ids) == {"d1", "d2"}
+    assert pin(state, base, "d2") == BaseTarget("base", ("d2",))
+    assert [r.instance_id for r in routes_for(state, BaseTarget("base", ("d2",)), {})] == ["d2-1"]
+
+
+def test_a_pin_the_caller_cannot_use_is_not_found(state: RoutingState) -> None:
+    deploy(state, "elsewhere", model="other", repo="org/another-model")
+    deploy(state, "same-base", model="base-too")
+    lora = resolve(state, "lora-a")
+    base = resolve(state, "base")
+    assert isinstance(lora, AdapterTarget) and isinstance(base, BaseTarget)
+
+    refused = pin(state, lora, "nowhere")
+    assert isinstance(refused, NotFound) and "does not exist" in refused.reason
+    refused = pin(state, lora, "elsewhere")
+    assert isinstance(refused, NotFound) and "org/another-model" in refused.reason and BASE in refused.reason
+    # Another deployment of the same base model is not the model the request names.
+    refused = pin(state, base, "same-base")
+    assert isinstance(refused, NotFound) and "it serves 'base-too'" in refused.reason
+    # ... but may load the adapter; a deployment that runs no instance yet is pinned (it answers 503, not 404).
+    assert isinstance(pin(state, lora, "same-base"), AdapterTarget)
+    apply(state, "d1", dep.DeploymentDeleted())
+    assert isinstance(pin(state, lora, "d1"), NotFound)
+
+    # Another team's deployment does not exist for a team; a shared one does.
+    red = Actor(type=ActorType.API_KEY, id="key-red", name="red", team="red")
+    spec = dep.DeploymentSpec(model_name="red-base", gpu=dep.DeployGpu.CPU, weights=dep.Weights(repo=BASE))
+    state.apply(envelope_for(dep.DeploymentCreated(spec=spec), aggregate_id="d-red", actor=red, aggregate_version=99))
+    as_blue = AdapterTarget("lora-a", lora.adapter, None, viewer="blue")
+    assert isinstance(pin(state, as_blue, "d-red"), NotFound)
+    assert isinstance(pin(state, AdapterTarget("lora-a", lora.adapter, None, viewer="red"), "d-red"), AdapterTarget)
+    state.deployments["d-red"].shared = True
+    assert isinstance(pin(state, as_blue, "d-red"), AdapterTarget)
 
 
 def test_keys_and_watched_commands_are_folded() -> None:

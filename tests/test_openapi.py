@@ -37,3 +37,7 @@ def test_the_gateway_s_routes_are_documented_with_openai_s_error_shape(anonymous
     assert {"200", "400", "401", "404", "502", "503", "504"} <= set(completions["responses"])
     error = completions["responses"]["404"]["content"]["application/json"]["schema"]
     assert set(error["properties"]["error"]["properties"]) == {"message", "type", "param", "code"}
+    # A request may be pinned to a deployment; every answer says which deployment and instance answered.
+    [pin] = [p for p in completions["parameters"] if p["in"] == "header"]
+    assert pin["name"] == "X-Loraplane-Deployment" and pin["required"] is False
+    assert {"X-Loraplane-Deployment", "X-Loraplane-Instance"} <= set(completions["responses"]["200"]["headers"])

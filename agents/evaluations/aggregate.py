@@ -24,6 +24,7 @@ from streams.evaluations import (
     EvaluationSpec,
     EvaluationStatus,
     FailEvaluation,
+    Metric,
     ReportEvaluationProgress,
     RequestEvaluation,
     dataset_problems,
@@ -50,10 +51,15 @@ def decide(current: Evaluation | None, command: Envelope) -> Sequence[Payload]:
         if current is not None:
             raise Rejected(RejectionCode.CONFLICT, f"evaluation {command.aggregate_id} exists already", field="id")
         spec = payload.spec
+        if (Metric.JUDGE in spec.metrics) != (spec.judge is not None):
+            raise Rejected(
+                RejectionCode.INVALID, "the judge metric is scored by a `judge`, and only then", field="judge"
+            )
         if spec.items is None and spec.dataset_key is None:
             raise Rejected(RejectionCode.INVALID, "the dataset has no items", field="items")
         if spec.items is not None:
-            if problems := dataset_problems(spec.items, spec.metrics):
+            sees_reference = spec.judge is None or spec.judge.reference
+            if problems := dataset_problems(spec.items, spec.metrics, judge_sees_reference=sees_reference):
                 raise Rejected(RejectionCode.INVALID, problems[0].msg, field="items")
             if len(spec.items) != spec.item_count:
                 raise Rejected(RejectionCode.INVALID, "item_count is not the number of items", field="items")

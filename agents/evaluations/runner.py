@@ -7,9 +7,10 @@ result yet. Progress is reported by quarter, then the aggregated figures with `e
 `evaluation.fail` with the reason); the reports' command ids derive from the `evaluation.requested` event, so a
 re-run's repeats are dropped. `evaluation.cancelled` cancels the job: its requests to the gateway are closed.
 
-The agent calls models as any client does, through the gateway (routing, adapters loaded on demand, usage), with
-an admin key of its own derived from the master key (`infra.gateway_client.internal_api_key`), which it registers
-once with `api_key.create`.
+The agent calls models as any client does, through the gateway (routing, adapters loaded on demand, usage), pinned
+to the evaluation's deployment (`X-Loraplane-Deployment`; the judge's requests to the judge's), with an admin key
+of its own derived from the master key (`infra.gateway_client.internal_api_key`), which it registers once with
+`api_key.create`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +35,9 @@ from agents.evaluations.scoring import (
     EngineAnswerError,
     SideScore,
     aggregate,
+    judge_prompt,
+    judge_request,
+    parse_grade,
     progress_step,
     side_record,
     text_scores,
@@ -70,6 +75,14 @@ log = logging.getLogger(__name__)
 KEY_PURPOSE = "evaluation-agent"
 HEARTBEAT_PREFIX = "evaluations/agents/"
 HEARTBEAT_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The gateway clients of one run: `run` pinned to the evaluation's deployment, `judge` to the judge's."""
+
+    run: GatewayClient
+    judge: GatewayClient
 
 
 class EvaluationJobs:
@@ -166,21 +179,29 @@ class EvaluationJobs:
             )
             await self._send(command)
 
-        gateway = GatewayClient(self._settings.evaluation_gateway, self._key.key)
+        # Pinned: every request (the adapter loaded on demand among them) runs on the evaluation's deployment, and
+        # the judge's on the judge's.
+        url = self._settings.evaluation_gateway
+        gateway = GatewayClient(url, self._key.key, deployment=spec.deploy_id)
+        judge = gateway
+        if spec.judge is not None and spec.judge.deploy_id != spec.deploy_id:
+            judge = GatewayClient(url, self._key.key, deployment=spec.judge.deploy_id)
         try:
-            outcome = await self._items(evaluation_id, spec, gateway, report)
+            outcome = await self._items(evaluation_id, spec, Clients(gateway, judge), report)
         except (GatewayRefused, EngineAnswerError) as exc:
             await report(FailEvaluation(reason=str(exc)[:4000]), "fail")
             return
         finally:
             await gateway.close()
+            if judge is not gateway:
+                await judge.close()
         await report(outcome, "complete")
 
     async def _items(
         self,
         evaluation_id: str,
         spec: EvaluationSpec,
-        gateway: GatewayClient,
+        gateway: Clients,
         report: Callable[[Payload, str], Awaitable[None]],
     ) -> CompleteEvaluation:
         items = await self._dataset(spec)
@@ -211,15 +232,13 @@ class EvaluationJobs:
         await asyncio.to_thread(self._put, key, body, "application/jsonl")
         return CompleteEvaluation(results=tuple(aggregate(spec.metrics, rows)), results_key=key, items=len(rows))
 
-    async def _score(
-        self, index: int, item: DatasetItem, spec: EvaluationSpec, gateway: GatewayClient
-    ) -> dict[str, Any]:
+    async def _score(self, index: int, item: DatasetItem, spec: EvaluationSpec, gateway: Clients) -> dict[str, Any]:
         token_ids: list[int] | None = None
         start = 0
         if Metric.PERPLEXITY in spec.metrics:
             assert item.reference is not None, "the aggregate refuses items without one"
-            prompt_ids = await gateway.tokens(spec.engine_model, item.prompt, special=True)
-            reference_ids = await gateway.tokens(spec.engine_model, item.reference, special=False)
+            prompt_ids = await gateway.run.tokens(spec.engine_model, item.prompt, special=True)
+            reference_ids = await gateway.run.tokens(spec.engine_model, item.reference, special=False)
             if not reference_ids:
                 raise EngineAnswerError(f"item {index}: the reference is no tokens")
             token_ids, start = prompt_ids + reference_ids, len(prompt_ids)
@@ -230,6 +249,7 @@ class EvaluationJobs:
         )
         record["adapter"] = side_record(adapter)
         record["baseline"] = side_record(baseline)
+        record["deploy_id"] = spec.deploy_id  # every answer said so (GatewayClient checks it)
         record["worker"] = self.worker
         record["scored_at"] = datetime.now(UTC).isoformat()
         return record
@@ -239,7 +259,7 @@ class EvaluationJobs:
         target: Target,
         item: DatasetItem,
         spec: EvaluationSpec,
-        gateway: GatewayClient,
+        gateway: Clients,
         token_ids: list[int] | None,
         start: int,
     ) -> SideScore:
@@ -248,18 +268,25 @@ class EvaluationJobs:
             ids = token_ids
 
             async def at(position: int) -> float:
-                answer = await gateway.next_token_logprobs(target.model, ids[:position], ids[position])
+                answer = await gateway.run.next_token_logprobs(target.model, ids[:position], ids[position])
                 return token_logprob(answer, ids[position], position)
 
             logprobs = list(await asyncio.gather(*(at(p) for p in range(start, len(ids)))))
         text = None
+        judged = None
         scores: dict[str, float] = {}
         if any(m in GENERATIVE for m in spec.metrics):
-            text = await gateway.generate(
+            text = await gateway.run.generate(
                 target.model, item.prompt, max_tokens=spec.sampling.max_tokens, temperature=spec.sampling.temperature
             )
             scores = text_scores(spec.metrics, text, item.reference or "")
-        return SideScore(scores=scores, reference_logprobs=logprobs, text=text)
+        if Metric.JUDGE in spec.metrics:
+            assert spec.judge is not None and text is not None, "the aggregate refuses a judge metric without a judge"
+            reference = item.reference if spec.judge.reference else None
+            prompt = judge_prompt(spec.judge.rubric, item.prompt, text, reference)
+            judged = (await gateway.judge.complete(judge_request(spec.judge.model, prompt))).text
+            scores[Metric.JUDGE.value] = parse_grade(judged)
+        return SideScore(scores=scores, reference_logprobs=logprobs, text=text, judge_output=judged)
 
     async def _dataset(self, spec: EvaluationSpec) -> list[DatasetItem]:
         if spec.items is not None:

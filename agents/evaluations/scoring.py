@@ -6,6 +6,10 @@ token lists are joined, and the log-probability of each reference token given ev
 engine (the raw log-softmax at the next position, vLLM's `logprob_token_ids`). A dataset's perplexity is
 exp(total negative log-likelihood / total reference tokens): the tokens of a long reference weigh as much as those of
 many short ones, as a corpus perplexity does.
+
+The judge metric asks another model for a grade on `JUDGE_SCALE` ("1" to "5"): `judge_prompt` builds the request's
+prompt from the rubric, the item and the answer; the engine's output is constrained to the scale (vLLM's structured
+outputs, `judge_request`), and `parse_grade` reads it back. A side's figure is its mean grade.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from streams.evaluations import Metric, MetricResult
+from streams.evaluations import JUDGE_SCALE, Metric, MetricResult
 
 
 class EngineAnswerError(ValueError):
@@ -71,13 +75,44 @@ def text_scores(metrics: Iterable[Metric], generated: str, reference: str) -> di
     return {m.value: scorers[m](generated, reference) for m in metrics if m in scorers}
 
 
+def judge_prompt(rubric: str, prompt: str, answer: str, reference: str | None = None) -> str:
+    """What the judge model is asked: the rubric, the item's prompt, its reference (when the judge is shown one) and
+    the answer to grade, then the scale; its answer is one grade of `JUDGE_SCALE` (`judge_request`)."""
+    lines = [rubric.strip(), "", f"Prompt: {prompt}"]
+    if reference is not None:
+        lines.append(f"Reference: {reference}")
+    lines += [f"Answer: {answer}", f"Grade ({JUDGE_SCALE[0]}-{JUDGE_SCALE[-1]}):"]
+    return "\n".join(lines)
+
+
+def judge_request(model: str, prompt: str) -> dict[str, Any]:
+    """The completions request for one grade: greedy, its output constrained to one of `JUDGE_SCALE` with vLLM's
+    structured outputs (`structured_outputs.choice`; vLLM 0.32 ignores the older `guided_choice`, with a warning)."""
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": 8,
+        "temperature": 0,
+        "structured_outputs": {"choice": list(JUDGE_SCALE)},
+    }
+
+
+def parse_grade(text: str) -> float:
+    """The grade in a judge's output: one of `JUDGE_SCALE` (white space around it allowed), as a number."""
+    grade = text.strip()
+    if grade not in JUDGE_SCALE:
+        raise EngineAnswerError(f"the judge answered {text!r}, not one of {', '.join(JUDGE_SCALE)}")
+    return float(grade)
+
+
 @dataclass(frozen=True)
 class SideScore:
     """One item scored on one side (the adapter or the baseline)."""
 
-    scores: Mapping[str, float]  # text metrics
+    scores: Mapping[str, float]  # text metrics (the judge's grade among them)
     reference_logprobs: Sequence[float] | None = None  # perplexity's raw material
     text: str | None = None
+    judge_output: str | None = None  # what the judge answered, as it answered it
 
 
 def side_record(side: SideScore) -> dict[str, Any]:
@@ -88,6 +123,8 @@ def side_record(side: SideScore) -> dict[str, Any]:
         record["tokens"] = len(side.reference_logprobs)
     if side.text is not None:
         record["text"] = side.text
+    if side.judge_output is not None:
+        record["judge_output"] = side.judge_output
     return record
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from api.evaluations.schemas import (
     EvaluationIn,
     EvaluationList,
     EvaluationOut,
+    JudgeIn,
 )
 from api.params import Page, PageSize, Wait
 from api.readmodel import adapter_queries, deployment_queries, evaluation_queries
@@ -49,6 +51,8 @@ from streams.evaluations import (
     DatasetProblem,
     EvaluationSpec,
     EvaluationStatus,
+    JudgeSpec,
+    Metric,
     RequestEvaluation,
     Sampling,
     Target,
@@ -138,6 +142,61 @@ async def _deployment(state: State, deploy_id: str | None, base_model: str) -> R
     )
 
 
+_VERSIONED = re.compile(r"^(?P<name>.+)@v(?P<version>[1-9][0-9]{0,8})$")  # as the gateway reads `model`
+
+
+async def _judge(state: State, judge: JudgeIn, deployment: Row) -> JudgeSpec:
+    """The judge as the gateway will be asked for it, and the running deployment it runs on (pinned): a deployment's
+    model_name, or an adapter (its newest or named version) of a running deployment's base model."""
+    loc: list[str | int] = ["body", "judge"]
+    running = [row for row, _ in await _running_deployments(state)]
+    chosen: Row | None
+    named = [row for row in running if row["model_name"] == judge.model]
+    if named:
+        model = judge.model
+        if judge.deploy_id is not None:
+            chosen = next((row for row in named if row["deploy_id"] == judge.deploy_id), None)
+            if chosen is None:
+                raise Unprocessable(
+                    f"deployment {judge.deploy_id!r} is not a running deployment of {judge.model!r}",
+                    loc=[*loc, "deploy_id"],
+                )
+        else:
+            chosen = next((row for row in named if row["deploy_id"] == deployment["deploy_id"]), named[0])
+        return JudgeSpec(model=model, deploy_id=chosen["deploy_id"], rubric=judge.rubric, reference=judge.reference)
+    match = _VERSIONED.match(judge.model)
+    ref = AdapterRef(name=match["name"], version=int(match["version"])) if match else AdapterRef(name=judge.model)
+    try:
+        workspace, name, row = await _stored(state, ref, [*loc, "model"])
+    except Unprocessable as refused:
+        if "does not exist" not in refused.msg:
+            raise Unprocessable(f"judge: {refused.msg}", loc=[*loc, "model"]) from None
+        raise Unprocessable(
+            f"judge model {judge.model!r} is neither a running deployment's model_name nor a stored adapter",
+            loc=[*loc, "model"],
+        ) from None
+    base_model = _base_model(row)
+    if (row["analysis"] or {}).get("format") not in (None, PEFT_LLM) or not base_model:
+        raise Unprocessable(f"judge {judge.model!r} is not a PEFT LoRA of a known base model", loc=[*loc, "model"])
+    of_base = [row for row in running if serves_base_model(row["spec"], base_model)]
+    if judge.deploy_id is not None:
+        chosen = next((row for row in of_base if row["deploy_id"] == judge.deploy_id), None)
+        if chosen is None:
+            raise Unprocessable(
+                f"deployment {judge.deploy_id!r} is not a running deployment of {base_model}, the judge's base model",
+                loc=[*loc, "deploy_id"],
+            )
+    elif not of_base:
+        raise Unprocessable(
+            f"no deployment of {base_model}, the judge's base model, is running: deploy one with POST /deploy/llm",
+            loc=[*loc, "model"],
+        )
+    else:
+        chosen = next((row for row in of_base if row["deploy_id"] == deployment["deploy_id"]), of_base[0])
+    target = _target(workspace, name, row)
+    return JudgeSpec(model=target.model, deploy_id=chosen["deploy_id"], rubric=judge.rubric, reference=judge.reference)
+
+
 async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
     workspace, name, row = await _stored(state, data.adapter, ["body", "adapter"])
     if (row["analysis"] or {}).get("format") not in (None, PEFT_LLM):
@@ -160,6 +219,14 @@ async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
     else:
         baseline = Target(model=deployment["model_name"])
     metrics = tuple(dict.fromkeys(data.metrics))
+    judge = None
+    if data.judge is not None:
+        judge = await _judge(state, data.judge, deployment)
+        metrics = tuple(dict.fromkeys((*metrics, Metric.JUDGE)))
+    elif Metric.JUDGE in metrics:
+        raise Unprocessable(
+            "the judge metric needs a `judge`: the model that grades, and its rubric", loc=["body", "judge"]
+        )
     if (data.items is None) == (data.dataset_id is None):
         raise Unprocessable("give the dataset as `items` or as `dataset_id`, one of them", loc=["body", "items"])
     if data.items is not None:
@@ -170,7 +237,8 @@ async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
         dataset_key = blob_key(data.dataset_id)
         items = tuple(await _uploaded_dataset(state, dataset_key))
         where = "dataset_id"
-    if problems := dataset_problems(items, metrics, where=where):
+    sees_reference = judge is None or judge.reference
+    if problems := dataset_problems(items, metrics, where=where, judge_sees_reference=sees_reference):
         raise Unprocessable(problems[0].msg, loc=list(problems[0].loc))
     return EvaluationSpec(
         adapter=_target(workspace, name, row),
@@ -183,6 +251,7 @@ async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
         items=items if dataset_key is None else None,
         dataset_key=dataset_key,
         item_count=len(items),
+        judge=judge,
     )
 
 
@@ -240,6 +309,7 @@ def _pending(evaluation_id: str, spec: EvaluationSpec) -> EvaluationOut:
         deploy_id=spec.deploy_id,
         base_model=spec.base_model,
         metrics=list(spec.metrics),
+        judge=spec.judge,
         items_total=spec.item_count,
         items_done=0,
     )

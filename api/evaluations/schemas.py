@@ -8,7 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import Pagination
-from streams.evaluations import MAX_ITEMS, MAX_TEXT_CHARS, Metric, MetricResult
+from streams.evaluations import (
+    JUDGE_SCALE,
+    MAX_ITEMS,
+    MAX_RUBRIC_CHARS,
+    MAX_TEXT_CHARS,
+    JudgeSpec,
+    Metric,
+    MetricResult,
+)
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
 
@@ -29,6 +37,28 @@ class AdapterRef(_Closed):
 class ItemIn(_Closed):
     prompt: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     reference: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+
+
+class JudgeIn(_Closed):
+    model: str = Field(
+        min_length=1,
+        max_length=512,
+        description="The model that grades: a running deployment's model_name, or an adapter by any registry name "
+        "(optionally `name@vN`)",
+    )
+    rubric: str = Field(
+        min_length=1,
+        max_length=MAX_RUBRIC_CHARS,
+        description=f"How to grade, put before each item; the judge answers a grade from {JUDGE_SCALE[0]} to "
+        f"{JUDGE_SCALE[-1]}",
+    )
+    reference: bool = Field(True, description="Show the judge each item's reference (items then need one)")
+    deploy_id: str | None = Field(
+        None,
+        max_length=255,
+        description="The deployment the judge runs on (default: the evaluation's, when it can serve the judge; else "
+        "a running one that can)",
+    )
 
 
 class EvaluationIn(_Closed):
@@ -52,6 +82,7 @@ class EvaluationIn(_Closed):
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(32, ge=1, le=1024, description="Tokens generated per item (text metrics)")
+    judge: JudgeIn | None = Field(None, description="The judge of the `judge` metric (scored whenever it is given)")
 
 
 class EvaluationOut(BaseModel):
@@ -62,6 +93,7 @@ class EvaluationOut(BaseModel):
     deploy_id: str
     base_model: str
     metrics: list[Metric]
+    judge: JudgeSpec | None = None
     items_total: int
     items_done: int
     results: list[MetricResult] | None = None
@@ -82,6 +114,7 @@ class EvaluationOut(BaseModel):
             deploy_id=spec["deploy_id"],
             base_model=spec["base_model"],
             metrics=spec["metrics"],
+            judge=spec.get("judge"),
             items_total=row["items_total"],
             items_done=row["items_done"],
             results=row["results"],

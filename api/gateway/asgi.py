@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from api.gateway.errors import GatewayError, Internal, MethodNotAllowed, TooLarge
+from api.gateway.errors import BadRequest, GatewayError, Internal, MethodNotAllowed, TooLarge
 from api.gateway.service import Gateway
+from streams.deployments import DEPLOYMENT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) ->
             raise MethodNotAllowed(f"{method} is not allowed here: send POST")
         principal = await gateway.authenticate(_header(scope, b"authorization"))
         body = await _body(receive)
-        answer = await gateway.forward(scope["path"], body, principal)
+        deployment = _header(scope, DEPLOYMENT_HEADER.lower().encode("latin-1"))
+        if deployment is not None and not deployment.strip():
+            raise BadRequest(f"`{DEPLOYMENT_HEADER}` names a deployment id", param=DEPLOYMENT_HEADER)
+        answer = await gateway.forward(scope["path"], body, principal, deployment.strip() if deployment else None)
     except GatewayError as exc:
         answer = exc.answer()
     except Exception:

@@ -92,6 +92,13 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class DeploymentNotFound(GatewayError):
+    """The deployment a request is pinned to (`X-Loraplane-Deployment`) cannot answer its model for this caller."""
+
+    status_code = 404
+    code = "deployment_not_found"
+
+
 class Unavailable(GatewayError):
     """The model exists, but nothing can answer it now: try again later (`Retry-After`)."""
 

@@ -6,6 +6,8 @@
 - `routes_for` ranks the running instances that can answer it, after the LoRA-affinity scorer of the Gateway API
   Inference Extension: an instance that holds the adapter (1.0), then one with a free adapter slot (0.8), then a
   full one (0), ties broken by the fewest requests this gateway has in flight on it, then by instance id.
+- `pin` narrows a target to the one deployment a request names (the `X-Loraplane-Deployment` header): it must be
+  one the caller may call, serving the model (a base model under its `model_name`) or its adapter's base model.
 - `plan_loads` chooses, for a stored adapter no running instance holds, the deployments to load it on, best first,
   and the on-demand adapters to evict on each when its slots are full (least recently used, none in flight; pinned
   adapters never).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from api.gateway.state import DeploymentView, RegisteredAdapter, RoutingState, StoredVersion, Viewer, sees
 from streams.adapters import DEFAULT_WORKSPACE, adapter_id
@@ -57,6 +59,7 @@ class AdapterTarget:
     adapter: RegisteredAdapter
     version: int | None
     viewer: Viewer = None  # whose request: it is served only on deployments this team may call
+    deploy_id: str | None = None  # pinned (`pin`): served and loaded on this deployment only
 
     def wanted(self) -> StoredVersion | None:
         """The version to load when none is served."""
@@ -97,6 +100,32 @@ def resolve(state: RoutingState, model: str, team: Viewer = None) -> Target | No
             return NotFound(f"the adapter {ref.name!r} has no stored version yet (it may still be fetching)")
         return AdapterTarget(ref.name, adapter, ref.version, team)
     return NotFound(f"the model {model!r} does not exist")
+
+
+def pin(state: RoutingState, target: Target, deploy_id: str) -> Target | NotFound:
+    """`target` answered by deployment `deploy_id` only. NotFound when the caller may not call that deployment (or it
+    does not exist, or was deleted), when a base model's request names a deployment with another `model_name`, or
+    when an adapter's request names a deployment of another base model (unless it serves the adapter already). A
+    pinned deployment with no running instance is not refused here: it answers 503 as an unpinned one does."""
+    deployment = state.deployments.get(deploy_id)
+    if deployment is None or deployment.deleted or not sees(target.viewer, deployment.team, deployment.shared):
+        return NotFound(f"the deployment {deploy_id!r} does not exist")
+    if isinstance(target, BaseTarget):
+        if deploy_id not in target.deploy_ids:
+            return NotFound(
+                f"the deployment {deploy_id!r} does not serve {target.model!r}: it serves {deployment.model_name!r}"
+            )
+        return replace(target, deploy_ids=(deploy_id,))
+    pinned = replace(target, deploy_id=deploy_id)
+    if _served(state, pinned):
+        return pinned
+    wanted = target.wanted()
+    base = wanted.base_model if wanted is not None else None
+    if base is None or base_model_key(base) != base_model_key(deployment.base_model):
+        return NotFound(
+            f"the deployment {deploy_id!r} serves {deployment.base_model}, not {target.model!r}'s base model {base}"
+        )
+    return pinned
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,8 @@ def _served(state: RoutingState, target: AdapterTarget) -> list[tuple[Deployment
     """(deployment, served name, version) wherever a live deployment serves the target's adapter."""
     out = []
     for deployment in state.live_deployments(target.viewer):
+        if target.deploy_id is not None and deployment.deploy_id != target.deploy_id:
+            continue
         for served in deployment.adapters.values():
             if served.adapter_id != target.adapter.adapter_id:
                 continue
@@ -214,14 +245,20 @@ def plan_loads(
     last_used: Mapping[tuple[str, str], float],
     served_name: str,
     team: Viewer = None,
+    only: str | None = None,
 ) -> LoadChoice:
     """Where to load `version` of an adapter, best first: live deployments of its base model with a running instance
     and adapter slots; one with a free slot before a full one, then the fewest requests in flight. A full one evicts
     its least recently used on-demand adapters with nothing in flight (`adapter_in_flight` and `last_used` are keyed
-    by (deploy id, served name)); one whose slots hold only pinned or busy adapters is skipped, with the reason."""
+    by (deploy id, served name)); one whose slots hold only pinned or busy adapters is skipped, with the reason.
+    `only`: the one deployment a request is pinned to (`pin`)."""
     assert version.base_model is not None
     base = base_model_key(version.base_model)
-    of_base = [d for d in state.live_deployments(team) if base_model_key(d.base_model) == base]
+    of_base = [
+        d
+        for d in state.live_deployments(team)
+        if base_model_key(d.base_model) == base and (only is None or d.deploy_id == only)
+    ]
     scored: list[tuple[tuple[float, int, str], LoadPlan]] = []
     skipped: list[str] = []
     for deployment in of_base:

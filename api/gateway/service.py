@@ -26,6 +26,7 @@ from api.gateway import metrics
 from api.gateway.errors import (
     Answer,
     BadRequest,
+    DeploymentNotFound,
     EngineFailed,
     EngineTimedOut,
     GatewayError,
@@ -44,6 +45,7 @@ from api.gateway.routing import (
     Target,
     attached_to,
     on_demand_name,
+    pin,
     plan_loads,
     resolve,
     routes_for,
@@ -56,7 +58,14 @@ from infra.kafka import make_producer, publish, stop_quietly
 from infra.secrets import SecretError, open_secret_box
 from infra.settings import Settings
 from infra.telemetry import current_traceparent
-from streams.deployments import AdapterAttached, AttachAdapter, DeployedAdapter, engine_key_context
+from streams.deployments import (
+    DEPLOYMENT_HEADER,
+    INSTANCE_HEADER,
+    AdapterAttached,
+    AttachAdapter,
+    DeployedAdapter,
+    engine_key_context,
+)
 from streams.envelope import Envelope, Payload
 from streams.outcomes import CommandRejected, RejectionCode
 from streams.serialization import envelope_for
@@ -94,7 +103,7 @@ class Gateway:
         self.in_flight: Counter[str] = Counter()  # instance id -> requests
         self.adapter_in_flight: Counter[tuple[str, str]] = Counter()  # (deploy id, served name) -> requests
         self.last_used: dict[tuple[str, str], float] = {}
-        self._loads: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._loads: dict[tuple[str, int, str | None], asyncio.Task[None]] = {}  # (adapter, version, pinned to)
         self._engine_keys: dict[str, str] = {}  # sealed -> opened
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
@@ -157,6 +166,16 @@ class Gateway:
             raise ModelNotFound(found.reason, param="model")
         return found
 
+    async def pin(self, target: Target, deploy_id: str) -> Target:
+        """`target` answered only by deployment `deploy_id` (the request's `X-Loraplane-Deployment`)."""
+        pinned = pin(self.state, target, deploy_id)
+        if isinstance(pinned, NotFound):
+            await self.follower.fresh()  # deployed a moment ago?
+            pinned = pin(self.state, target, deploy_id)
+        if isinstance(pinned, NotFound):
+            raise DeploymentNotFound(pinned.reason, param=DEPLOYMENT_HEADER)
+        return pinned
+
     def models(self, principal: Principal | None = None) -> list[dict[str, Any]]:
         return model_cards(self.state, viewer(principal) if principal is not None else None)
 
@@ -188,7 +207,7 @@ class Gateway:
         """Load the adapter on a deployment of its base model: one load however many requests ask at once."""
         version = target.wanted()
         assert version is not None, "resolve() checks it is stored"
-        key = (target.adapter.adapter_id, version.version)
+        key = (target.adapter.adapter_id, version.version, target.deploy_id)
         task = self._loads.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._load_once(target, version, principal))
@@ -196,7 +215,7 @@ class Gateway:
             task.add_done_callback(lambda done: self._load_done(key, done))
         await asyncio.shield(task)
 
-    def _load_done(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
+    def _load_done(self, key: tuple[str, int, str | None], task: asyncio.Task[None]) -> None:
         if self._loads.get(key) is task:
             del self._loads[key]
         if not task.cancelled():
@@ -268,6 +287,7 @@ class Gateway:
             self.last_used,
             served_name=served_name,
             team=target.viewer,
+            only=target.deploy_id,
         )
         if choice.deployments_of_base == 0:
             raise Unavailable(
@@ -338,15 +358,16 @@ class Gateway:
 
     # --- forwarding -----------------------------------------------------------------------------------------------
 
-    async def forward(self, path: str, raw: bytes, principal: Principal) -> Answer:
-        """Answer one OpenAI request (`path` is /v1/completions, /v1/chat/completions or /v1/embeddings)."""
+    async def forward(self, path: str, raw: bytes, principal: Principal, deployment: str | None = None) -> Answer:
+        """Answer one OpenAI request (`path` is /v1/completions, /v1/chat/completions or /v1/embeddings); with
+        `deployment` (the `X-Loraplane-Deployment` header), only that deployment answers it."""
         started = time.perf_counter()
         body = _json_object(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required: a deployment's model_name or an adapter's name", param="model")
         try:
-            answer = await self._forward(path, body, model, principal, started)
+            answer = await self._forward(path, body, model, principal, started, deployment)
         except GatewayError as exc:
             metrics.REQUESTS.labels(model, str(exc.status_code)).inc()
             raise
@@ -356,7 +377,13 @@ class Gateway:
         return answer
 
     async def _forward(
-        self, path: str, body: dict[str, Any], model: str, principal: Principal, started: float
+        self,
+        path: str,
+        body: dict[str, Any],
+        model: str,
+        principal: Principal,
+        started: float,
+        deployment: str | None = None,
     ) -> Answer:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
@@ -368,15 +395,19 @@ class Gateway:
         if stream:
             body["stream_options"] = {**(options or {}), "include_usage": True}
         target = await self.resolve(model, principal)
+        if deployment is not None:
+            target = await self.pin(target, deployment)
         routes = await self.routes(target, principal)
         call = _Call(model, principal, self._base_model(target), started)
         upstream = await self._send_to_engine(path, body, routes, call)
+        assert call.route is not None
+        answered_by = {DEPLOYMENT_HEADER: call.route.deploy_id, INSTANCE_HEADER: call.route.instance_id}
         if stream and upstream.status == 200:
             return Answer(
                 200,
                 upstream.content_type,
                 stream=self._relay(upstream, call, strip_usage=not client_wants_usage),
-                headers={"Cache-Control": "no-cache"},
+                headers={"Cache-Control": "no-cache", **answered_by},
             )
         try:
             content = await upstream.read()
@@ -391,7 +422,7 @@ class Gateway:
             raise EngineFailed(f"the engine answered {upstream.status}: {text}")
         if upstream.status == 200:
             self._meter(call, usage_of_body(content))
-        return Answer(upstream.status, upstream.content_type, content)
+        return Answer(upstream.status, upstream.content_type, content, headers=answered_by)
 
     async def _send_to_engine(
         self, path: str, body: dict[str, Any], routes: list[Route], call: _Call
