@@ -87,6 +87,24 @@ def test_a_decision_of_several_events_is_one_decision_and_a_clean_log_has_no_pro
     assert verifier.report.ok and verifier.report.decisions == 4 and verifier.report.aggregates == 2
 
 
+def test_a_record_stored_twice_by_a_retried_produce_is_a_repeat_and_a_changed_one_a_problem() -> None:
+    verifier = LogVerifier()
+    created = event(WorkspaceCreated(name="a"), "a", 1, "c1")
+    deleted = event(WorkspaceDeleted(name="a"), "a", 2, "c1")
+    other = event(WorkspaceCreated(name="b"), "b", 1, "c2")
+    for offset, value in enumerate([created, deleted, other, created, deleted]):  # the retry of c1's batch
+        verifier.add(0, offset, value)
+    report = verifier.report
+    assert report.ok, report.problems
+    assert (report.events, report.decisions, report.repeats) == (3, 2, 2)
+    assert "2 repeated records (retried produces, skipped): no problems" in report.summary()
+
+    changed = json.loads(created)
+    changed["payload"]["description"] = "not what was written"
+    verifier.add(0, 5, json.dumps(changed).encode())
+    assert verifier.report.problems == [f"0:5: event {changed['id']} again, with other content"]
+
+
 def test_selection_by_type_prefix_aggregate_and_time() -> None:
     record = {"type": "adapter.stored", "aggregate_type": "adapter", "aggregate_id": "default/x",
               "occurred_at": "2026-01-02T03:04:05Z"}  # fmt: skip
