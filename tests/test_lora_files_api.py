@@ -18,7 +18,6 @@ from api.uploads import PART_SIZE
 from infra.faults import arm
 from infra.s3 import make_client
 from infra.s3_objects import CLAIMS_PREFIX, stored_home
-from infra.settings import Settings
 from infra.staging import STAGING_PREFIX, UPLOADS_PREFIX
 from streams.artifacts import blob_key
 from tests.artifacts import (
@@ -38,17 +37,12 @@ FILES = "/api/v1/admin/lora"
 
 @pytest.fixture(scope="module")
 def s3(stack: Stack) -> Minio:
-    env = stack.cli_env()
-    overrides = {"s3_endpoint": env["S3_ENDPOINT"]}
-    for name, field in (("S3_ACCESS_KEY", "s3_access_key"), ("S3_SECRET_KEY", "s3_secret_key")):
-        if name in env:
-            overrides[field] = env[name]
-    return make_client(Settings.model_validate(overrides))
+    return make_client(stack.settings())
 
 
 @pytest.fixture(scope="module")
 def bucket(stack: Stack) -> str:
-    return stack.cli_env().get("S3_BUCKET", "loraplane")
+    return stack.settings().s3_bucket
 
 
 @pytest.fixture(autouse=True)

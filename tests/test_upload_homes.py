@@ -25,7 +25,6 @@ from infra.s3_objects import (
     store_blob_from_file,
     stored_home,
 )
-from infra.settings import Settings
 from infra.staging import (
     STAGING_PREFIX,
     UPLOADS_PREFIX,
@@ -41,17 +40,12 @@ from tests.support import Api, Stack
 
 @pytest.fixture(scope="module")
 def s3(stack: Stack) -> Minio:
-    env = stack.cli_env()
-    overrides = {"s3_endpoint": env["S3_ENDPOINT"]}
-    for name, field in (("S3_ACCESS_KEY", "s3_access_key"), ("S3_SECRET_KEY", "s3_secret_key")):
-        if name in env:
-            overrides[field] = env[name]
-    return make_client(Settings.model_validate(overrides))
+    return make_client(stack.settings())
 
 
 @pytest.fixture(scope="module")
 def bucket(stack: Stack) -> str:
-    return stack.cli_env().get("S3_BUCKET", "loraplane")
+    return stack.settings().s3_bucket
 
 
 _made: list[str] = []  # what a test wrote: removed after it, so the stack's bucket is left as it was found

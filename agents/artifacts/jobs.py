@@ -41,11 +41,11 @@ from agents.artifacts.sources import (
 )
 from agents.filesets import Fileset
 from agents.lora_files import LoraDir
+from agents.partition_jobs import PartitionJobs, commands_partition
 from agents.state import AgentState
 from agents.validation import ArtifactReport, ValidationProblem
 from infra.errors import LoraplaneError, is_retriable
 from infra.faults import crash_point
-from infra.kafka import partition_of
 from infra.s3 import make_client
 from infra.s3_objects import (
     NoLongerStored,
@@ -73,7 +73,6 @@ from streams.artifacts import Artifact, Progress, Provenance, StoredFile
 from streams.envelope import SYSTEM_ACTOR, Envelope, Payload, derived_id
 from streams.outcomes import CommandRejected
 from streams.serialization import envelope_for
-from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ class ArtifactJobs:
         self._client: Minio | None = None
         self._state: AgentState | None = None
         self._slots = asyncio.Semaphore(settings.artifact_jobs)
-        self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}  # by job key: (partition, task)
+        self._jobs = PartitionJobs("artifact job")
 
     @property
     def client(self) -> Minio:
@@ -116,15 +115,12 @@ class ArtifactJobs:
         """Run the unfinished jobs of the aggregates whose commands partition this worker owns (all of them after a
         crash of the worker that ran them, or one of another worker's, taken over); stop the jobs it gave up: their
         new owner runs them again, and its reports, with the same ids, are the ones that count."""
-        for key, (partition, task) in list(self._running.items()):
-            if partition not in partitions:
-                log.info("artifact job %s: its partition went to another worker; stopped", key)
-                task.cancel()
+        self._jobs.keep_only(partitions)
         state = self._state
         if state is None:
             return
         for (aggregate_type, aggregate_id), entry in list(state.entries.items()):
-            if _partition(aggregate_id) not in partitions:
+            if commands_partition(aggregate_id) not in partitions:
                 continue
             value = entry.value
             if aggregate_type == adapters.AGGREGATE and isinstance(value, Adapter):
@@ -192,32 +188,16 @@ class ArtifactJobs:
             )
 
     async def stop(self) -> None:
-        tasks = [task for _, task in self._running.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._jobs.stop()
 
     # --- scheduling -----------------------------------------------------------------------------
 
     def _spawn(self, key: str, work: Callable[[], Awaitable[None]], aggregate_id: str) -> None:
-        if key in self._running:
-            return
+        async def in_a_slot() -> None:
+            async with self._slots:
+                await work()
 
-        async def run() -> None:
-            try:
-                async with self._slots:
-                    await work()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("artifact job %s could not report; it runs again when the worker restarts", key)
-            finally:
-                if (running := self._running.get(key)) is not None and running[1] is asyncio.current_task():
-                    del self._running[key]
-
-        log.info("artifact job %s started", key)
-        task = asyncio.get_running_loop().create_task(run(), name=f"artifact {key}")
-        self._running[key] = (_partition(aggregate_id), task)
+        self._jobs.spawn(key, aggregate_id, in_a_slot)
 
     def _start_adapter(
         self, aggregate_id: str, version: int, spec: AdapterSpec, cause: str, correlation: str | None
@@ -453,11 +433,6 @@ class ArtifactJobs:
             )
             release_staged(client, bucket, staged)
         return StoredFile(path=file.path, key=key, sha256=file.sha256, size=file.size)
-
-
-def _partition(aggregate_id: str) -> int:
-    """The commands partition of an aggregate: the worker that owns it runs the aggregate's jobs."""
-    return partition_of(aggregate_id.encode(), COMMANDS.partitions)
 
 
 def _expected_base_model(spec: AdapterSpec) -> str | None:

@@ -43,9 +43,9 @@ from agents.evaluations.scoring import (
     text_scores,
     token_logprob,
 )
+from agents.partition_jobs import PartitionJobs, commands_partition
 from agents.state import AgentState
 from infra.gateway_client import GatewayClient, GatewayRefused, InternalKey, internal_api_key
-from infra.kafka import partition_of
 from infra.s3 import make_client
 from infra.secrets import SecretBox
 from infra.settings import Settings
@@ -68,7 +68,6 @@ from streams.evaluations import (
     results_key,
 )
 from streams.serialization import envelope_for
-from streams.topics import COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class EvaluationJobs:
         self._bucket = settings.s3_bucket
         self._client: Minio | None = None
         self._state: AgentState | None = None
-        self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self._jobs = PartitionJobs("evaluation")
         self._background: set[asyncio.Task[None]] = set()
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -111,17 +110,14 @@ class EvaluationJobs:
         self._in_background(self._heartbeat())
 
     def owned(self, partitions: frozenset[int]) -> None:
-        for evaluation_id, (partition, task) in list(self._running.items()):
-            if partition not in partitions:
-                log.info("evaluation %s: its partition went to another worker; stopped", evaluation_id)
-                task.cancel()
+        self._jobs.keep_only(partitions)
         if self._state is None:
             return
         for (aggregate_type, evaluation_id), entry in list(self._state.entries.items()):
             value = entry.value
             if aggregate_type != evaluations.AGGREGATE or not isinstance(value, Evaluation) or not value.running:
                 continue
-            if _partition(evaluation_id) in partitions:
+            if commands_partition(evaluation_id) in partitions:
                 self._start(evaluation_id, value.spec, value.requested_by, None)
 
     def decided(self, event: Envelope, command: Envelope) -> None:
@@ -131,16 +127,11 @@ class EvaluationJobs:
         elif isinstance(
             payload, evaluations.EvaluationCancelled | evaluations.EvaluationCompleted | evaluations.EvaluationFailed
         ):
-            running = self._running.get(event.aggregate_id)
-            if running is not None and running[1] is not asyncio.current_task():
+            if self._jobs.cancel(event.aggregate_id):
                 log.info("evaluation %s %s: its job stops", event.aggregate_id, event.type)
-                running[1].cancel()
 
     async def stop(self) -> None:
-        tasks = [task for _, task in self._running.values()] + list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._jobs.stop(*self._background)
 
     # --- jobs -----------------------------------------------------------------------------------------------------
 
@@ -150,23 +141,7 @@ class EvaluationJobs:
         task.add_done_callback(self._background.discard)
 
     def _start(self, evaluation_id: str, spec: EvaluationSpec, cause: str, correlation: str | None) -> None:
-        if evaluation_id in self._running:
-            return
-
-        async def run() -> None:
-            try:
-                await self._run(evaluation_id, spec, cause, correlation)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("evaluation %s could not report; it runs again when the worker restarts", evaluation_id)
-            finally:
-                if (running := self._running.get(evaluation_id)) is not None and running[1] is asyncio.current_task():
-                    del self._running[evaluation_id]
-
-        log.info("evaluation %s started", evaluation_id)
-        task = asyncio.get_running_loop().create_task(run(), name=f"evaluation {evaluation_id}")
-        self._running[evaluation_id] = (_partition(evaluation_id), task)
+        self._jobs.spawn(evaluation_id, evaluation_id, lambda: self._run(evaluation_id, spec, cause, correlation))
 
     async def _run(self, evaluation_id: str, spec: EvaluationSpec, cause: str, correlation: str | None) -> None:
         async def report(payload: Payload, step: str) -> None:
@@ -352,13 +327,9 @@ class EvaluationJobs:
         """`evaluations/agents/<worker>.json` every few seconds: what `GET /api/v1/evaluation/health` reads."""
         key = f"{HEARTBEAT_PREFIX}{self.worker}.json"
         while True:
-            beat = {"worker": self.worker, "at": time.time(), "running": sorted(self._running)}
+            beat = {"worker": self.worker, "at": time.time(), "running": self._jobs.keys()}
             try:
                 await asyncio.to_thread(self._put_json, key, beat)
             except Exception as exc:
                 log.warning("evaluation heartbeat not written: %s", exc)
             await asyncio.sleep(HEARTBEAT_EVERY_S)
-
-
-def _partition(aggregate_id: str) -> int:
-    return partition_of(aggregate_id.encode(), COMMANDS.partitions)
