@@ -83,46 +83,28 @@ class ArchiveAwareConsumer(AIOKafkaConsumer):
         for tp, records in batches.items():
             expected = self._next.get(tp)
             if records and tp.topic in self._archived_topics and expected is not None and records[0].offset > expected:
+                # Trimmed below records[0]: read [expected, records[0]) from the archive first (the next calls), then
+                # the broker again from there; these records come again then.
                 self._broker_from[tp] = records[0].offset
-                filled = await self._fill(tp, expected, records[0].offset, max_records)
-                if filled is None:  # neither the broker nor the archive holds the gap: say so, go on with the broker's
-                    _log.error(
-                        "offsets %d-%d of %s are neither on the broker nor in the archive",
-                        expected,
-                        records[0].offset - 1,
-                        tp,
-                    )
-                elif filled[-1].offset + 1 < records[0].offset:  # more to read from the archive first
-                    out[tp] = filled
-                    super().seek(tp, filled[-1].offset + 1)
-                    self._next[tp] = filled[-1].offset + 1
-                    continue
-                else:
-                    records = filled + records
+                super().seek(tp, expected)
+                continue
             if records:
                 self._next[tp] = records[-1].offset + 1
                 out[tp] = records
         return out
 
     async def _from_archive(self, partitions: list[TopicPartition], max_records: int | None) -> Records:
-        """Records of the partitions whose position lies in a stretch already known to be archived only."""
+        """Records of the partitions whose position lies in a stretch the broker no longer holds."""
         out: Records = {}
         for tp in partitions:
             position, broker_from = self._next.get(tp), self._broker_from.get(tp)
             if position is None or broker_from is None or position >= broker_from:
                 continue
-            records = await self._fill(tp, position, broker_from, max_records)
-            if records is None:
+            records = await asyncio.to_thread(self._archive.read, tp, position, broker_from, max_records)
+            if not records:  # neither the broker nor the archive holds them: say so, go on with the broker's
                 _log.error("offsets %d-%d of %s are neither on the broker nor archived", position, broker_from - 1, tp)
-                del self._broker_from[tp]
+                self.seek(tp, broker_from)
                 continue
-            super().seek(tp, records[-1].offset + 1)
-            self._next[tp] = records[-1].offset + 1
-            out[tp] = records
+            self.seek(tp, records[-1].offset + 1)
+            out[tp] = list(records)
         return out
-
-    async def _fill(
-        self, tp: TopicPartition, start: int, until: int, limit: int | None
-    ) -> list[ConsumerRecord[Any, Any]] | None:
-        records = await asyncio.to_thread(self._archive.read, tp, start, until, limit)
-        return list(records) or None

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from minio import Minio
 
-from infra.kafka import stop_quietly
+from infra.kafka import make_bulk_consumer, make_consumer, stop_quietly
 from infra.log_archive import LogArchive
 from infra.log_trim import batches_to_delete, should_trim
 from infra.s3 import make_client
@@ -51,6 +51,8 @@ class LogKeeper:
         self._client: Minio = make_client(settings)
         self._archive = LogArchive(self._client, settings.broker_log_bucket)
         self._keep = settings.log_keep_batches
+        # What the keeper reads it reads from the broker itself, never through the archive it writes.
+        self._broker_only = settings.model_copy(update={"log_archive": False})
 
     async def run(self) -> None:
         """Keep the log every few seconds until cancelled; a failed round is logged and tried again."""
@@ -99,14 +101,7 @@ class LogKeeper:
 
     async def _archive_range(self, tp: TopicPartition, start: int, end: int) -> int:
         """Copy the broker's records [start, end) of `tp` to archive segments; how many were stored."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.require_kafka(),
-            enable_auto_commit=False,
-            auto_offset_reset="none",
-            fetch_max_wait_ms=self._settings.kafka_bulk_fetch_max_wait_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            request_timeout_ms=15_000,
-        )
+        consumer = make_bulk_consumer(self._broker_only, auto_offset_reset="none")
         await consumer.start()
         stored = 0
         try:
@@ -143,12 +138,7 @@ class LogKeeper:
     async def _committed_commands(self) -> dict[TopicPartition, int]:
         """The worker group's committed offset of each commands partition (0 where it committed none). Asked with
         OffsetFetch through a consumer of the group that never joins it (Tansu drops the admin client's request)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.require_kafka(),
-            group_id=self._settings.worker_group_id,
-            enable_auto_commit=False,
-            request_timeout_ms=15_000,
-        )
+        consumer = make_consumer(self._broker_only, group_id=self._settings.worker_group_id)
         await consumer.start()
         try:
             partitions = [TopicPartition(COMMANDS.name, p) for p in range(COMMANDS.partitions)]
