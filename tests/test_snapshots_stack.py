@@ -41,8 +41,9 @@ def settings_for(stack: Stack, tmp_path: Path, **overrides: object) -> Settings:
     )
 
 
-async def append_events(stack: Stack, count: int) -> None:
-    """Events written straight to the log, as a worker would have written them."""
+async def append_events(stack: Stack, count: int) -> dict[int, int]:
+    """Events written straight to the log, as a worker would have written them: per partition, the offset after the
+    last one written."""
     prefix = f"snap-{uuid.uuid4().hex[:8]}"
     events = [
         envelope_for(
@@ -57,9 +58,13 @@ async def append_events(stack: Stack, count: int) -> None:
     await producer.start()
     try:
         sent = [await producer.send("loraplane.events", value=encode(e), key=key_for(e)) for e in events]
-        await asyncio.gather(*sent)
+        stored = await asyncio.gather(*sent)
     finally:
         await stop_quietly(producer)
+    ends: dict[int, int] = {}
+    for record in stored:
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    return ends
 
 
 async def started(settings: Settings, who: str | None) -> EventLogFollower:
@@ -74,13 +79,15 @@ async def positions(follower: EventLogFollower) -> dict[int, int]:
     return {tp.partition: await consumer.position(tp) for tp in follower._partitions}
 
 
-async def same_end(*followers: EventLogFollower) -> dict[int, int]:
-    """Catch every follower up until all stand at the same positions (the stack may still be writing)."""
+async def same_end(*followers: EventLogFollower, past: dict[int, int] | None = None) -> dict[int, int]:
+    """Catch every follower up until all stand at the same positions (the stack may still be writing), at or past
+    `past` (what the test wrote: a catch-up reads only up to the end its consumer has seen so far)."""
     for _ in range(50):
         for follower in followers:
             await follower.catch_up()
         reached = [await positions(f) for f in followers]
-        if all(r == reached[0] for r in reached):
+        arrived = all(reached[0].get(p, 0) >= end for p, end in (past or {}).items())
+        if arrived and all(r == reached[0] for r in reached):
             return reached[0]
         await asyncio.sleep(0.2)
     raise AssertionError(f"followers never met: {reached}")
@@ -113,8 +120,7 @@ def test_start_up_loads_the_newest_snapshot_and_folds_only_the_tail(stack: Stack
             assert len(second.state.entries) > EVERY
 
             # While following: a snapshot every EVERY events, of the state at the positions it names.
-            await append_events(stack, EVERY + 5)
-            await same_end(second, full)
+            await same_end(second, full, past=await append_events(stack, EVERY + 5))
             assert second.snapshots is not None
             await second.snapshots.idle()
             newest = store.keys()[0]
