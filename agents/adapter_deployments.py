@@ -5,7 +5,9 @@ model is the adapter's and whose instances pass the pre-flight check. The proces
 event, so running it twice attaches nothing twice.
 
 Served this way, a LoRA is on demand (the gateway may evict it for another when slots run out): only an explicit
-`POST /deploy/lora` pins one. A new version of a LoRA served pinned replaces it pinned.
+`POST /deploy/lora` pins one. A new version of a LoRA served pinned replaces it pinned. A deployment whose adapter
+slots are all taken is passed over: attached there, the LoRA would wait for a slot nothing frees (the node never
+evicts), while its first request through the gateway loads it on demand, evicting the least recently used.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from agents.adapters import Adapter
-from agents.deployments import Deployment, adapter_problems
+from agents.deployments import Deployment, adapter_problems, adapter_slots
 from agents.state import AgentState
 from streams import deployments
 from streams.adapters import AGGREGATE as ADAPTERS
@@ -60,6 +62,13 @@ def attachments(state: AgentState, event: Envelope) -> list[tuple[str, DeployedA
             continue
         if problems := adapter_problems(deployment, served):
             log.info("%s is not served on %s: %s", served.name, deploy_id, "; ".join(problems))
+            continue
+        if served.name not in deployment.adapters and len(deployment.adapters) >= adapter_slots(deployment):
+            log.info(
+                "%s is not served on %s now: its adapter slots are full (loaded on demand instead)",
+                served.name,
+                deploy_id,
+            )
             continue
         pinned = served.name in deployment.adapters and served.name not in deployment.on_demand
         out.append((deploy_id, served, not pinned))

@@ -73,6 +73,13 @@ class Deployment:
         return 0 if self.deleted else self.settings.min_instances
 
 
+def adapter_slots(deployment: Deployment) -> int:
+    """How many adapters the deployment holds at once: `max_loras` on each running or starting instance (on the one
+    it will start, before any has)."""
+    live = sum(1 for s in deployment.instances.values() if s in (InstanceStatus.RUNNING, InstanceStatus.STARTING))
+    return deployment.spec.lora.max_loras * max(1, live)
+
+
 def spec_problems(spec: DeploymentSpec) -> list[tuple[str, str]]:
     """(field, problem) for every problem of a spec; empty when it may be deployed."""
     problems: list[tuple[str, str]] = []
@@ -176,6 +183,15 @@ def _attach(current: Deployment, command: AttachAdapter) -> Sequence[Payload]:
         for e in command.evict
         if e.name in current.adapters and e.name != adapter.name
     ]
+    # An on-demand adapter only takes a free slot: held beyond the slots it would wait for one nothing frees (the
+    # node never evicts). Its sender (a gateway, a process manager) decided on an older state; it may ask again.
+    held_after = len(current.adapters) - len(evicted) + (adapter.name not in current.adapters)
+    if command.on_demand and held_after > (slots := adapter_slots(current)):
+        raise Rejected(
+            RejectionCode.CONFLICT,
+            f"{current.deploy_id} has no free adapter slot for {adapter.name}: its {slots} are held",
+            field="evict",
+        )
     return [*evicted, AdapterAttached(adapter=adapter, on_demand=command.on_demand)]
 
 

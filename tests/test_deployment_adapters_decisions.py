@@ -186,7 +186,8 @@ def test_a_check_records_the_verdict_with_every_reason_and_changes_nothing() -> 
 
 def test_on_demand_adapters_are_evicted_in_the_same_decision_and_pinned_ones_never() -> None:
     state = new_state()
-    decide_all(state, "d1", CreateDeployment(spec=SPEC), AttachAdapter(adapter=adapter("pinned")))
+    two_slots = SPEC.model_copy(update={"lora": LoraSettings(max_loras=2, max_lora_rank=8)})
+    decide_all(state, "d1", CreateDeployment(spec=two_slots), AttachAdapter(adapter=adapter("pinned")))
     decide_all(state, "d1", AttachAdapter(adapter=adapter("lazy"), on_demand=True))
     assert deployment(state).on_demand == {"lazy"}
     reason = "evicted to free a slot for next: the least recently used on-demand adapter"
@@ -224,3 +225,23 @@ def test_serving_explicitly_pins_and_asking_again_on_demand_changes_nothing() ->
     assert refused.value.code is RejectionCode.CONFLICT and refused.value.field == "lora_name"
     decide_all(state, "d1", DetachAdapter(name="one"))
     assert deployment(state).adapters == {} and deployment(state).on_demand == frozenset()
+
+
+def test_an_on_demand_adapter_takes_only_a_free_slot_and_an_explicit_one_any() -> None:
+    """Attached beyond the slots, an on-demand adapter would wait for a slot nothing frees: refused, so its sender
+    asks again with an eviction (the gateway) or leaves it to be loaded on demand (the process manager)."""
+    state = new_state()
+    decide_all(state, "d1", CreateDeployment(spec=SPEC), AttachAdapter(adapter=adapter("lazy"), on_demand=True))
+    with pytest.raises(Rejected) as refused:
+        decide_all(state, "d1", AttachAdapter(adapter=adapter("next"), on_demand=True))
+    assert refused.value.code is RejectionCode.CONFLICT and refused.value.field == "evict"
+    assert "no free adapter slot" in refused.value.reason and set(deployment(state).adapters) == {"lazy"}
+    # asked again for what it holds: no slot needed
+    [again] = decide_all(state, "d1", AttachAdapter(adapter=adapter("lazy"), on_demand=True))
+    assert isinstance(again, AdapterAttached)
+    evict = (Eviction(name="lazy", reason="r"),)
+    decide_all(state, "d1", AttachAdapter(adapter=adapter("next"), on_demand=True, evict=evict))
+    assert set(deployment(state).adapters) == {"next"}
+    # serving one explicitly is the user's choice: it is attached, and waits for a slot (shown pending)
+    decide_all(state, "d1", AttachAdapter(adapter=adapter("mine")))
+    assert set(deployment(state).adapters) == {"next", "mine"}

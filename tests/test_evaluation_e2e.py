@@ -422,16 +422,26 @@ def test_deploy_id_pins_the_run_to_its_deployment(
     hub_server.repos["loraplane-tests/ev-c"] = FakeRepo.single(files_of(ev_c))
     gpu = unused_gpu_type(admin)
     with stub_node_agent(stack, admin_key, hub_server, root / "node", gpu, 1):
-        body = {"model_name": f"{SERVED}-stub", "gpu": gpu, "hf": {"repo": BASE_REPO}}
+        body: dict[str, Any] = {"model_name": f"{SERVED}-stub", "gpu": gpu, "hf": {"repo": BASE_REPO}}
         body["lora"] = {"max_loras": 2, "max_lora_rank": 8}
         stub = deploy_and_wait_running(admin, body, timeout=120)
         stub_id, [stub_instance] = stub["deploy_id"], stub["instance_details"]
         try:
-            # ev-c, an Empower LoRA stored now, is served at once on both deployments of its base model; it is then
+            # ev-c, an Empower LoRA stored now, is served at once on each deployment of its base model with a free
+            # adapter slot: the stub one, and the real one unless earlier tests' loads filled its two. It is then
             # served pinned on the stub one and no longer on the real one.
             lora = {"model_source": "HF_HUB", "model_name": "loraplane-tests/ev-c", "name": "ev-c"}
             assert admin.post("/api/v1/lora", json=lora, params=WAIT).status_code == 200
-            if any(a["name"] == "ev-c" for a in admin.get(f"/deploy/{setup.deploy_id}").json()["adapters"]):
+
+            def served_on(deploy_id: str) -> set[str]:
+                return {a["name"] for a in admin.get(f"/deploy/{deploy_id}").json()["adapters"]}
+
+            def attached_where_it_fits() -> bool:
+                real = served_on(setup.deploy_id)
+                return "ev-c" in served_on(stub_id) and ("ev-c" in real or len(real) >= 2)
+
+            wait_until(attached_where_it_fits, timeout=60, interval=0.5, message="ev-c attached where a slot is free")
+            if "ev-c" in served_on(setup.deploy_id):
                 undeployed = admin.delete(f"/deploy/{setup.deploy_id}/lora/ev-c", params=WAIT)
                 assert undeployed.status_code == 204, undeployed.text
             served = admin.post("/deploy/lora", params=WAIT, json={"deploy_id": stub_id, "lora_name": "ev-c"})

@@ -364,6 +364,27 @@ def test_a_cold_lora_loads_once_for_many_concurrent_requests_and_lru_eviction_sp
     assert client.models.retrieve(colder).id == colder
 
 
+def test_a_lora_stored_while_every_slot_is_taken_waits_for_no_slot_and_loads_at_its_first_request(
+    stack: Stack, user: Api, user_key: str, hub_server: FakeHub, stub_node: StubNode
+) -> None:
+    # The test before left both slots held: the pinned LoRA and one loaded on demand.
+    held = deployment(user, stub_node.deploy_id)["adapters"]
+    assert len(held) == 2, f"this test needs the deployment's two slots taken: {held}"
+    late = f"stub-late-{uuid.uuid4().hex[:6]}"
+    hub_server.repos[f"loraplane-tests/{late}"] = FakeRepo.single(peft_repo_files(BASE_REPO, seed=4))
+    body = {"model_source": "HF_HUB", "model_name": f"loraplane-tests/{late}", "name": late}
+    answer = user.post("/api/v1/lora", json=body, params=WAIT)
+    # Stored, and not served at once: attached beyond the slots it would wait for one that nothing frees.
+    assert answer.status_code == 200 and answer.json()["active_deployment"] is None, answer.text
+    assert on_demand_attaches(stack, stub_node.deploy_id, late) == []
+    # Its first request loads it on demand, evicting the least recently used on-demand LoRA.
+    client = gateway_client(stack, user_key)
+    text = client.completions.create(model=late, prompt="late", max_tokens=3).choices[0].text
+    assert text == stub_text(f"{late}@v1", "late", 3)
+    [attach] = on_demand_attaches(stack, stub_node.deploy_id, late)
+    assert attach["payload"]["on_demand"] is True and attach["payload"]["adapter"]["name"] == f"{late}@v1"
+
+
 def test_usage_is_recorded_per_key_and_model_and_priced(
     stack: Stack, admin: Api, user: Api, user_key: str, stub_node: StubNode
 ) -> None:

@@ -6,6 +6,7 @@ it runs before it serves an adapter, and records the verdict (`deployment.adapte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from litestar import Request, Response, delete, post
@@ -55,6 +56,17 @@ def serves_base_model(spec: Row, base_model: str) -> bool:
     """Whether a deployment (its spec as the read model keeps it) serves `base_model`, as the agents compare them."""
     served = contract.DeploymentSpec.model_validate(spec).base_model_name
     return contract.base_model_key(served) == contract.base_model_key(base_model)
+
+
+def may_take_adapter(deployment: Row, instances: Sequence[Row], served_name: str) -> bool:
+    """Whether an adapter can be served on the deployment as `served_name` at once: it serves that name already (a new
+    version replaces it), or it has a free adapter slot (`max_loras` on each running or starting instance, as
+    agents.deployments counts them; an adapter served on demand takes only a free one)."""
+    if any(a["name"] == served_name for a in deployment["adapters"]):
+        return True
+    spec = contract.DeploymentSpec.model_validate(deployment["spec"])
+    live = sum(1 for i in instances if i["state"] in ("running", "starting"))
+    return len(deployment["adapters"]) < spec.lora.max_loras * max(1, live)
 
 
 def deployed_adapter(served_name: str, workspace: str, row: Row) -> contract.DeployedAdapter:

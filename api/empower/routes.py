@@ -14,7 +14,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 
 from api.auth import Principal
 from api.commands import CommandBus
-from api.deployments.adapters import release_before_delete, serves_base_model
+from api.deployments.adapters import may_take_adapter, release_before_delete, serves_base_model
 from api.empower.answers import base_model_of, deploy_answer, lora_answer
 from api.empower.civitai_url import civitai_url_problem
 from api.empower.registration import register
@@ -35,6 +35,7 @@ from streams.adapters import (
     HfSource,
     adapter_id,
     hf_token_context,
+    public_name,
 )
 
 LoraName = Annotated[str, Parameter(description="The LoRA's name; it may hold one slash (org/repo)")]
@@ -77,12 +78,16 @@ async def create_lora(
 async def _served_when_deployed(
     bus: CommandBus, state: State, row: dict[str, Any], wait: float
 ) -> dict[str, Any] | None:
-    """The deployment serving the stored version: a live deployment of its base model takes it (the worker's
-    agents.adapter_deployments), so wait for that when there is one."""
+    """The deployment serving the stored version: a live deployment of its base model with a free adapter slot takes
+    it (the worker's agents.adapter_deployments), so wait for that when there is one."""
     key = adapter_id(DEFAULT_WORKSPACE, row["name"])
     base = base_model_of(row)
     live = await deployment_queries.list_deployments(state.engine)
-    if not base or not any(serves_base_model(found[0]["spec"], base) for found in live):
+    if not base or not any(
+        serves_base_model(deployment["spec"], base)
+        and may_take_adapter(deployment, instances, public_name(DEFAULT_WORKSPACE, row["name"]))
+        for deployment, instances in live
+    ):
         return (await deployment_queries.served_versions(state.engine, [key])).get(key)
 
     async def served() -> dict[str, Any] | None:
