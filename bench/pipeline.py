@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+import psutil
 from aiokafka import TopicPartition
 
 from infra.kafka import make_consumer, make_producer, read_to_end
@@ -159,8 +161,10 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         base_url=stack.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits
     ) as api:
         await creates(api, 100)  # warm up
+        before = cpu_by_process(stack)
         pipeline = await creates(api, args.commands)
         print(pipeline.line("pipeline, 32 concurrent clients", "commands"), flush=True)
+        print_cpu(before, cpu_by_process(stack), pipeline)
         print(f"throughput ratio pipeline / raw: {pipeline.rate / throughput.rate:.3f} (goal >= 0.25)")
         print(f"p99 ratio pipeline / raw round trip: {pipeline.pct(99) / trips.pct(99):.2f} (goal <= 5)", flush=True)
 
@@ -181,6 +185,32 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
                     flush=True,
                 )
             print(f"last round p99 / first round p99: {p99s[-1] / p99s[0]:.2f} (goal <= 1.5)")
+
+
+def cpu_by_process(stack: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process of the stack, and of this one (the clients)."""
+    found: dict[str, float] = {}
+    processes = [psutil.Process(), *psutil.Process(stack.process.pid).children(recursive=True)]
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            words = [w for w in process.cmdline() if not w.startswith("-")]
+        except psutil.Error:
+            continue
+        name = "bench clients" if process.pid == os.getpid() else " ".join(Path(w).name for w in words[:3])[:60]
+        found[f"{name} [{process.pid}]"] = times.user + times.system
+    return found
+
+
+def print_cpu(before: dict[str, float], after: dict[str, float], run: Run) -> None:
+    """Where the CPU of the pipeline's run went: each process's share of one core over the run's wall time."""
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    total = sum(used.values())
+    print(f"CPU over the run ({run.seconds:.1f} s wall, {os.cpu_count()} cores): {total:.1f} s in all")
+    for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
+        if seconds >= 0.05 * run.seconds:
+            per_command = seconds / len(run.latencies) * 1000
+            print(f"  {name}: {seconds:.1f} s ({seconds / run.seconds:.0%} of a core, {per_command:.1f} ms a command)")
 
 
 def broker_size(stack: Stack) -> str:
