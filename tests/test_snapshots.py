@@ -3,6 +3,7 @@ one of another format version or one of other aggregates is refused. Pure: no br
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import json
@@ -291,6 +292,20 @@ def test_node_agent_state_round_trips() -> None:
     assert loaded.state == node and loaded.who == "node-n1"
     with pytest.raises(snapshots.SnapshotInvalid, match="covers"):
         snapshots.load(snapshots.dump(node, POSITIONS, "node-n1"), full.aggregates)
+
+
+def test_a_loaded_state_is_kept_out_of_the_cyclic_collector_s_way() -> None:
+    """A loaded state lives as long as its process: it is moved to the permanent generation, so no collection goes
+    through its objects again (at 1M events, the first one after the load took 1 s)."""
+    state = realistic_state()
+    data = snapshots.dump(state, POSITIONS, "worker")
+    frozen = gc.get_freeze_count()
+    try:
+        loaded = snapshots.load(data, state.aggregates)
+        assert gc.get_freeze_count() - frozen >= len(loaded.state.entries)
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
 
 
 def _parts(data: bytes) -> tuple[dict[str, object], bytes]:
