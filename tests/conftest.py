@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from minio import Minio
 
+from infra.s3 import make_client
 from tests.fake_civitai import FakeCivitai
 from tests.fake_hub import FakeHub
 from tests.services import external_services
@@ -88,3 +90,14 @@ def user(stack: Stack, user_key: str) -> Iterator[Api]:
 def anonymous(stack: Stack) -> Iterator[Api]:
     with Api(stack, None) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def s3(stack: Stack) -> Minio:
+    """A client of the stack's S3, for tests that look at the objects themselves."""
+    return make_client(stack.settings())
+
+
+@pytest.fixture(scope="session")
+def bucket(stack: Stack) -> str:
+    return stack.settings().s3_bucket

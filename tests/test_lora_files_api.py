@@ -16,7 +16,6 @@ from minio import Minio
 
 from api.uploads import PART_SIZE
 from infra.faults import arm
-from infra.s3 import make_client
 from infra.s3_objects import CLAIMS_PREFIX, stored_home
 from infra.staging import STAGING_PREFIX, UPLOADS_PREFIX
 from streams.artifacts import blob_key
@@ -33,16 +32,6 @@ from tests.support import Api, Stack, wait_until
 ADMIN_UPLOAD = "/api/v1/admin/lora/upload"
 USER_UPLOAD = "/api/v1/lora/upload"
 FILES = "/api/v1/admin/lora"
-
-
-@pytest.fixture(scope="module")
-def s3(stack: Stack) -> Minio:
-    return make_client(stack.settings())
-
-
-@pytest.fixture(scope="module")
-def bucket(stack: Stack) -> str:
-    return stack.settings().s3_bucket
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +15,7 @@ import pytest
 from minio import Minio
 from safetensors.numpy import save
 
-from infra.s3 import make_client
 from infra.s3_objects import stored_home
-from infra.settings import Settings
 from tests.support import Api, Stack, events, wait_until
 
 PREFIXES = ("/v2", "/apis/models/v2")
@@ -101,22 +98,6 @@ def good_fileset(client: Api, workspace: str) -> str:
     return make_fileset(
         client, workspace, {"adapter_model.safetensors": peft_weights(), "adapter_config.json": peft_config()}
     )
-
-
-@pytest.fixture(scope="module")
-def s3(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Minio:
-    settings = Settings(
-        s3_endpoint=stack.env["S3_ENDPOINT"],
-        s3_access_key=stack.env["S3_ACCESS_KEY"],
-        s3_secret_key=stack.env["S3_SECRET_KEY"],
-        data_dir=Path(tmp_path_factory.mktemp("s3-client")),
-    )
-    return make_client(settings)
-
-
-@pytest.fixture(scope="module")
-def bucket(stack: Stack) -> str:
-    return stack.env.get("S3_BUCKET", "loraplane")
 
 
 # --- filesets ------------------------------------------------------------------------------------

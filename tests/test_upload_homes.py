@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from infra.s3 import make_client
 from infra.s3_objects import (
     NoLongerStored,
     claim_key,
@@ -35,18 +34,7 @@ from infra.staging import (
     staging_marker,
 )
 from streams.artifacts import blob_key
-from tests.support import Api, Stack
-
-
-@pytest.fixture(scope="module")
-def s3(stack: Stack) -> Minio:
-    return make_client(stack.settings())
-
-
-@pytest.fixture(scope="module")
-def bucket(stack: Stack) -> str:
-    return stack.settings().s3_bucket
-
+from tests.support import Api
 
 _made: list[str] = []  # what a test wrote: removed after it, so the stack's bucket is left as it was found
 
