@@ -150,20 +150,12 @@ async def _judge(state: State, judge: JudgeIn, deployment: Row) -> JudgeSpec:
     model_name, or an adapter (its newest or named version) of a running deployment's base model."""
     loc: list[str | int] = ["body", "judge"]
     running = [row for row, _ in await _running_deployments(state)]
-    chosen: Row | None
     named = [row for row in running if row["model_name"] == judge.model]
     if named:
-        model = judge.model
-        if judge.deploy_id is not None:
-            chosen = next((row for row in named if row["deploy_id"] == judge.deploy_id), None)
-            if chosen is None:
-                raise Unprocessable(
-                    f"deployment {judge.deploy_id!r} is not a running deployment of {judge.model!r}",
-                    loc=[*loc, "deploy_id"],
-                )
-        else:
-            chosen = next((row for row in named if row["deploy_id"] == deployment["deploy_id"]), named[0])
-        return JudgeSpec(model=model, deploy_id=chosen["deploy_id"], rubric=judge.rubric, reference=judge.reference)
+        chosen = _judge_deployment(named, judge, deployment, repr(judge.model))
+        return JudgeSpec(
+            model=judge.model, deploy_id=chosen["deploy_id"], rubric=judge.rubric, reference=judge.reference
+        )
     match = _VERSIONED.match(judge.model)
     ref = AdapterRef(name=match["name"], version=int(match["version"])) if match else AdapterRef(name=judge.model)
     try:
@@ -179,22 +171,28 @@ async def _judge(state: State, judge: JudgeIn, deployment: Row) -> JudgeSpec:
     if (row["analysis"] or {}).get("format") not in (None, PEFT_LLM) or not base_model:
         raise Unprocessable(f"judge {judge.model!r} is not a PEFT LoRA of a known base model", loc=[*loc, "model"])
     of_base = [row for row in running if serves_base_model(row["spec"], base_model)]
-    if judge.deploy_id is not None:
-        chosen = next((row for row in of_base if row["deploy_id"] == judge.deploy_id), None)
-        if chosen is None:
-            raise Unprocessable(
-                f"deployment {judge.deploy_id!r} is not a running deployment of {base_model}, the judge's base model",
-                loc=[*loc, "deploy_id"],
-            )
-    elif not of_base:
+    if judge.deploy_id is None and not of_base:
         raise Unprocessable(
             f"no deployment of {base_model}, the judge's base model, is running: deploy one with POST /deploy/llm",
             loc=[*loc, "model"],
         )
-    else:
-        chosen = next((row for row in of_base if row["deploy_id"] == deployment["deploy_id"]), of_base[0])
+    chosen = _judge_deployment(of_base, judge, deployment, f"{base_model}, the judge's base model")
     target = _target(workspace, name, row)
     return JudgeSpec(model=target.model, deploy_id=chosen["deploy_id"], rubric=judge.rubric, reference=judge.reference)
+
+
+def _judge_deployment(candidates: list[Row], judge: JudgeIn, run_on: Row, serving: str) -> Row:
+    """Of the running deployments that can answer the judge (`serving` says what they serve), the one its `deploy_id`
+    names (422 when none), else the run's own deployment when it is one of them, else the first."""
+    if judge.deploy_id is not None:
+        chosen = next((row for row in candidates if row["deploy_id"] == judge.deploy_id), None)
+        if chosen is None:
+            raise Unprocessable(
+                f"deployment {judge.deploy_id!r} is not a running deployment of {serving}",
+                loc=["body", "judge", "deploy_id"],
+            )
+        return chosen
+    return next((row for row in candidates if row["deploy_id"] == run_on["deploy_id"]), candidates[0])
 
 
 async def _spec(state: State, data: EvaluationIn) -> EvaluationSpec:
