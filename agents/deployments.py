@@ -45,6 +45,9 @@ from streams.deployments import (
     ScaleDeployment,
     ScaleSettings,
 )
+from streams.deployments import (
+    adapter_slots as lora_slots,
+)
 from streams.envelope import Envelope, Payload
 from streams.outcomes import RejectionCode
 
@@ -77,7 +80,7 @@ def adapter_slots(deployment: Deployment) -> int:
     """How many adapters the deployment holds at once: `max_loras` on each running or starting instance (on the one
     it will start, before any has)."""
     live = sum(1 for s in deployment.instances.values() if s in (InstanceStatus.RUNNING, InstanceStatus.STARTING))
-    return deployment.spec.lora.max_loras * max(1, live)
+    return lora_slots(deployment.spec.lora, live)
 
 
 def spec_problems(spec: DeploymentSpec) -> list[tuple[str, str]]:

@@ -84,6 +84,13 @@ def base_model_key(name: str) -> str:
     return name.strip().split("@", 1)[0].strip("/").lower()
 
 
+def adapter_slots(lora: LoraSettings, live_instances: int) -> int:
+    """How many adapters a deployment holds at once: `max_loras` on each running or starting instance (on the one it
+    will start, before any has). The deployment aggregate refuses an on-demand adapter beyond them; the API waits
+    for a LoRA to be served only where they leave room."""
+    return lora.max_loras * max(1, live_instances)
+
+
 class DeploymentSpec(Frozen):
     """What the caller asked for. Plain ints and strings: the agent re-checks ranges and answers with reasons."""
 

@@ -66,7 +66,7 @@ def may_take_adapter(deployment: Row, instances: Sequence[Row], served_name: str
         return True
     spec = contract.DeploymentSpec.model_validate(deployment["spec"])
     live = sum(1 for i in instances if i["state"] in ("running", "starting"))
-    return len(deployment["adapters"]) < spec.lora.max_loras * max(1, live)
+    return len(deployment["adapters"]) < contract.adapter_slots(spec.lora, live)
 
 
 def deployed_adapter(served_name: str, workspace: str, row: Row) -> contract.DeployedAdapter:
