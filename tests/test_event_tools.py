@@ -65,7 +65,7 @@ def test_verify_names_each_planted_problem() -> None:
         "0:4: workspace/a: version 4 follows 2: version 3 missing",
         "0:5: command c3 has a second decision (its first began at 0:2)",
         "0:6: workspace/b: version 1 again after version 1",
-        "0:7: does not decode: body is not JSON: Expecting value: line 1 column 1 (char 0)",
+        "0:7: does not decode: body is not JSON: expected ident at line 1 column 2",
         "0:8: workspace.create is not an event",
     ]
     assert (report.records, report.events, report.aggregates, report.decisions) == (9, 7, 2, 6)
