@@ -17,6 +17,7 @@ from sqlalchemy import select
 from api.readmodel.database import create_engine
 from api.readmodel.tables import metadata
 from tests.support import Api, Stack, read_topic, wait_until
+from tests.test_readmodel_rows import exercise
 
 
 @pytest.fixture()
@@ -70,3 +71,7 @@ def test_replay_into_postgresql_equals_live(stack: Stack, user: Api, postgres_ur
     rebuilt = rows(postgres_url)
     assert rebuilt == rows(f"sqlite+aiosqlite:///{live}")
     assert any(row[0] == f"pg-{tag}-1" for row in rebuilt["workspaces"])
+
+
+def test_a_batch_of_row_changes_is_written_the_same_on_postgresql(postgres_url: str) -> None:
+    exercise(postgres_url)  # the upsert and the tuple IN differ by dialect

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
-
+from api.readmodel.rows import Rows
 from api.readmodel.tables import (
     adapter_checks,
     cluster_nodes,
@@ -19,51 +18,51 @@ from streams import deployments as deployment_events
 from streams.envelope import Envelope
 
 
-def _deployment_created(conn: Connection, event: Envelope) -> None:
+def _deployment_created(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.DeploymentCreated)
     spec = payload.spec
-    conn.execute(delete(deployments).where(deployments.c.deploy_id == event.aggregate_id))
-    conn.execute(
-        insert(deployments).values(
-            deploy_id=event.aggregate_id,
-            model_name=spec.model_name,
-            spec=spec.model_dump(mode="json"),
-            min_instances=spec.settings.min_instances,
-            max_instances=spec.settings.max_instances,
-            deleted=False,
-            version=event.aggregate_version,
-            correlation_id=event.correlation_id,
-            created_at=event.occurred_at,
-            updated_at=event.occurred_at,
-            creator_type=event.actor.type.value,
-            creator_id=event.actor.id,
-            creator_name=event.actor.name,
-        )
+    rows.put(
+        deployments,
+        {
+            "deploy_id": event.aggregate_id,
+            "model_name": spec.model_name,
+            "spec": spec.model_dump(mode="json"),
+            "min_instances": spec.settings.min_instances,
+            "max_instances": spec.settings.max_instances,
+            "deleted": False,
+            "version": event.aggregate_version,
+            "correlation_id": event.correlation_id,
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
+            "creator_type": event.actor.type.value,
+            "creator_id": event.actor.id,
+            "creator_name": event.actor.name,
+        },
     )
 
 
-def _update_deployment(conn: Connection, event: Envelope, **values: Any) -> None:
-    conn.execute(
-        update(deployments)
-        .where(deployments.c.deploy_id == event.aggregate_id)
-        .values(version=event.aggregate_version, updated_at=event.occurred_at, **values)
+def _update_deployment(rows: Rows, event: Envelope, **values: Any) -> None:
+    rows.update(
+        deployments,
+        (event.aggregate_id,),
+        {"version": event.aggregate_version, "updated_at": event.occurred_at, **values},
     )
 
 
-def _deployment_scaled(conn: Connection, event: Envelope) -> None:
+def _deployment_scaled(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.DeploymentScaled)
     settings = payload.settings
-    _update_deployment(conn, event, min_instances=settings.min_instances, max_instances=settings.max_instances)
+    _update_deployment(rows, event, min_instances=settings.min_instances, max_instances=settings.max_instances)
 
 
-def _deployment_deleted(conn: Connection, event: Envelope) -> None:
-    _update_deployment(conn, event, deleted=True)
-    conn.execute(delete(instance_adapters).where(instance_adapters.c.deploy_id == event.aggregate_id))
+def _deployment_deleted(rows: Rows, event: Envelope) -> None:
+    _update_deployment(rows, event, deleted=True)
+    rows.delete_where(instance_adapters, deploy_id=event.aggregate_id)
 
 
-def _instance_reported(conn: Connection, event: Envelope) -> None:
+def _instance_reported(rows: Rows, event: Envelope) -> None:
     """A node agent's report; one from a node the instance was moved away from changes nothing."""
     payload = event.payload
     reports = deployment_events.InstanceLaunched | deployment_events.InstanceStarted | deployment_events.InstanceFailed
@@ -75,78 +74,68 @@ def _instance_reported(conn: Connection, event: Envelope) -> None:
         values.update(state="running", endpoint=payload.endpoint)
     else:
         values.update(state="failed", reason=payload.fail_reason)
-    conn.execute(
-        update(deployment_instances)
-        .where(
-            and_(
-                deployment_instances.c.instance_id == payload.instance_id,
-                deployment_instances.c.node_id == payload.node_id,
-            )
-        )
-        .values(**values)
-    )
+    instance = rows.get(deployment_instances, (payload.instance_id,))
+    if instance is not None and instance["node_id"] == payload.node_id:
+        rows.update(deployment_instances, (payload.instance_id,), values)
     if not isinstance(payload, deployment_events.InstanceStarted):
         # A (re)starting or failed vLLM holds no runtime-loaded adapter.
-        conn.execute(delete(instance_adapters).where(instance_adapters.c.instance_id == payload.instance_id))
-    _update_deployment(conn, event)
+        rows.delete_where(instance_adapters, instance_id=payload.instance_id)
+    _update_deployment(rows, event)
 
 
-def _adapter_attached(conn: Connection, event: Envelope) -> None:
+def _adapter_attached(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.AdapterAttached)
     adapter = payload.adapter
-    where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == adapter.name)
-    conn.execute(delete(deployment_adapters).where(where))
-    conn.execute(
-        insert(deployment_adapters).values(
-            deploy_id=event.aggregate_id,
-            name=adapter.name,
-            adapter_id=adapter.adapter_id,
-            version=adapter.version,
-            sha256=adapter.artifact.sha256,
-            on_demand=payload.on_demand,
-            attached_at=event.occurred_at,
-        )
+    rows.put(
+        deployment_adapters,
+        {
+            "deploy_id": event.aggregate_id,
+            "name": adapter.name,
+            "adapter_id": adapter.adapter_id,
+            "version": adapter.version,
+            "sha256": adapter.artifact.sha256,
+            "on_demand": payload.on_demand,
+            "attached_at": event.occurred_at,
+        },
     )
-    _update_deployment(conn, event)
+    _update_deployment(rows, event)
 
 
-def _adapter_checked(conn: Connection, event: Envelope) -> None:
+def _adapter_checked(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.AdapterChecked)
-    conn.execute(delete(adapter_checks).where(adapter_checks.c.command_id == event.command_id))
-    conn.execute(
-        insert(adapter_checks).values(
-            command_id=event.command_id,
-            deploy_id=event.aggregate_id,
-            name=payload.name,
-            version=payload.version,
-            compatible=payload.compatible,
-            reasons=list(payload.reasons),
-            checked_at=event.occurred_at,
-        )
+    rows.put(
+        adapter_checks,
+        {
+            "command_id": event.command_id,
+            "deploy_id": event.aggregate_id,
+            "name": payload.name,
+            "version": payload.version,
+            "compatible": payload.compatible,
+            "reasons": list(payload.reasons),
+            "checked_at": event.occurred_at,
+        },
     )
 
 
-def _adapter_detached(conn: Connection, event: Envelope) -> None:
+def _adapter_detached(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, deployment_events.AdapterDetached | deployment_events.AdapterEvicted)
-    where = and_(deployment_adapters.c.deploy_id == event.aggregate_id, deployment_adapters.c.name == payload.name)
-    conn.execute(delete(deployment_adapters).where(where))
-    _update_deployment(conn, event)
+    rows.delete(deployment_adapters, (event.aggregate_id, payload.name))
+    _update_deployment(rows, event)
 
 
-def _adapter_reported(conn: Connection, event: Envelope) -> None:
+def _adapter_reported(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     reports = deployment_events.AdapterLoaded | deployment_events.AdapterUnloaded | deployment_events.AdapterLoadFailed
     assert isinstance(payload, reports)
-    where = and_(instance_adapters.c.instance_id == payload.instance_id, instance_adapters.c.name == payload.name)
-    conn.execute(delete(instance_adapters).where(where))
+    rows.delete(instance_adapters, (payload.instance_id, payload.name))
     # Only facts of the deployment's own stream decide what is kept: the cluster's events (an instance released)
     # sit on another partition, so their order against these differs between the live projection and a replay.
-    deleted = conn.scalar(select(deployments.c.deleted).where(deployments.c.deploy_id == event.aggregate_id))
-    if deleted is not False:
-        _update_deployment(conn, event)
+    deployment = rows.get(deployments, (event.aggregate_id,))
+    if deployment is None or deployment["deleted"] is not False:
+        _update_deployment(rows, event)
         return
     if isinstance(payload, deployment_events.AdapterLoaded):
         values: dict[str, Any] = {"state": "loaded", "sha256": payload.sha256, "reason": None}
@@ -155,84 +144,83 @@ def _adapter_reported(conn: Connection, event: Envelope) -> None:
     else:
         values = {}
     if values:
-        conn.execute(
-            insert(instance_adapters).values(
-                instance_id=payload.instance_id,
-                name=payload.name,
-                deploy_id=event.aggregate_id,
-                updated_at=event.occurred_at,
+        rows.put(
+            instance_adapters,
+            {
+                "instance_id": payload.instance_id,
+                "name": payload.name,
+                "deploy_id": event.aggregate_id,
+                "updated_at": event.occurred_at,
                 **values,
-            )
+            },
         )
-    _update_deployment(conn, event)
+    _update_deployment(rows, event)
 
 
-def _put_instance(conn: Connection, event: Envelope, spec: cluster.InstanceSpec, **values: Any) -> None:
-    conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == spec.instance_id))
-    conn.execute(
-        insert(deployment_instances).values(
-            instance_id=spec.instance_id,
-            deploy_id=spec.deploy_id,
-            requested_seq=spec.requested_seq,
-            updated_at=event.occurred_at,
+def _put_instance(rows: Rows, event: Envelope, spec: cluster.InstanceSpec, **values: Any) -> None:
+    rows.put(
+        deployment_instances,
+        {
+            "instance_id": spec.instance_id,
+            "deploy_id": spec.deploy_id,
+            "requested_seq": spec.requested_seq,
+            "updated_at": event.occurred_at,
             **values,
-        )
+        },
     )
 
 
-def _instance_placed(conn: Connection, event: Envelope) -> None:
+def _instance_placed(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstancePlaced)
     _put_instance(
-        conn, event, payload.instance, state="placed", node_id=payload.node_id, device_indexes=[*payload.device_indexes]
+        rows, event, payload.instance, state="placed", node_id=payload.node_id, device_indexes=[*payload.device_indexes]
     )
 
 
-def _instance_pending(conn: Connection, event: Envelope) -> None:
+def _instance_pending(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstanceQueued)
-    _put_instance(conn, event, payload.instance, state="pending", reason=payload.reason)
+    _put_instance(rows, event, payload.instance, state="pending", reason=payload.reason)
 
 
-def _instance_released(conn: Connection, event: Envelope) -> None:
+def _instance_released(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.InstanceReleased)
-    conn.execute(delete(deployment_instances).where(deployment_instances.c.instance_id == payload.instance_id))
+    rows.delete(deployment_instances, (payload.instance_id,))
 
 
-def _node_registered(conn: Connection, event: Envelope) -> None:
+def _node_registered(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.NodeRegistered)
-    conn.execute(delete(cluster_nodes).where(cluster_nodes.c.node_id == payload.node_id))
-    conn.execute(
-        insert(cluster_nodes).values(
-            node_id=payload.node_id,
-            devices=[d.model_dump(mode="json") for d in payload.devices],
-            lost=False,
-            registered_at=event.occurred_at,
-            updated_at=event.occurred_at,
-        )
+    rows.put(
+        cluster_nodes,
+        {
+            "node_id": payload.node_id,
+            "devices": [d.model_dump(mode="json") for d in payload.devices],
+            "lost": False,
+            "registered_at": event.occurred_at,
+            "updated_at": event.occurred_at,
+        },
     )
 
 
-def _node_rejoined(conn: Connection, event: Envelope) -> None:
+def _node_rejoined(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, cluster.NodeRejoined)
-    conn.execute(
-        update(cluster_nodes)
-        .where(cluster_nodes.c.node_id == payload.node_id)
-        .values(lost=False, lost_reason=None, updated_at=event.occurred_at)
+    rows.update(
+        cluster_nodes, (payload.node_id,), {"lost": False, "lost_reason": None, "updated_at": event.occurred_at}
     )
 
 
-def _node_lost(conn: Connection, event: Envelope) -> None:
+def _node_lost(rows: Rows, event: Envelope) -> None:
     """The instances on it are moved by the events that follow in the same decision."""
     payload = event.payload
     assert isinstance(payload, cluster.NodeDropped)
-    conn.execute(
-        update(cluster_nodes)
-        .where(cluster_nodes.c.node_id == payload.node_id)
-        .values(lost=True, lost_reason=payload.reason, updated_at=event.occurred_at)
+    rows.update(
+        cluster_nodes,
+        (payload.node_id,),
+        {"lost": True, "lost_reason": payload.reason, "updated_at": event.occurred_at},
     )
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, update
-
+from api.readmodel.rows import Rows
 from api.readmodel.tables import evaluations
 from streams.envelope import Envelope
 from streams.evaluations import (
@@ -18,46 +17,46 @@ from streams.evaluations import (
 )
 
 
-def _requested(conn: Connection, event: Envelope) -> None:
+def _requested(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, EvaluationRequested)
-    conn.execute(delete(evaluations).where(evaluations.c.evaluation_id == event.aggregate_id))
-    conn.execute(
-        insert(evaluations).values(
-            evaluation_id=event.aggregate_id,
-            status=EvaluationStatus.RUNNING.value,
-            spec=payload.spec.model_dump(mode="json"),
-            items_done=0,
-            items_total=payload.spec.item_count,
-            version=event.aggregate_version,
-            correlation_id=event.correlation_id,
-            created_at=event.occurred_at,
-            updated_at=event.occurred_at,
-            creator_id=event.actor.id,
-            creator_name=event.actor.name,
-        )
+    rows.put(
+        evaluations,
+        {
+            "evaluation_id": event.aggregate_id,
+            "status": EvaluationStatus.RUNNING.value,
+            "spec": payload.spec.model_dump(mode="json"),
+            "items_done": 0,
+            "items_total": payload.spec.item_count,
+            "version": event.aggregate_version,
+            "correlation_id": event.correlation_id,
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
+            "creator_id": event.actor.id,
+            "creator_name": event.actor.name,
+        },
     )
 
 
-def _changed(conn: Connection, event: Envelope, **values: Any) -> None:
-    conn.execute(
-        update(evaluations)
-        .where(evaluations.c.evaluation_id == event.aggregate_id)
-        .values(**values, version=event.aggregate_version, updated_at=event.occurred_at)
+def _changed(rows: Rows, event: Envelope, **values: Any) -> None:
+    rows.update(
+        evaluations,
+        (event.aggregate_id,),
+        {**values, "version": event.aggregate_version, "updated_at": event.occurred_at},
     )
 
 
-def _progressed(conn: Connection, event: Envelope) -> None:
+def _progressed(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, EvaluationProgressed)
-    _changed(conn, event, items_done=payload.items_done)
+    _changed(rows, event, items_done=payload.items_done)
 
 
-def _completed(conn: Connection, event: Envelope) -> None:
+def _completed(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, EvaluationCompleted)
     _changed(
-        conn,
+        rows,
         event,
         status=EvaluationStatus.COMPLETED.value,
         items_done=payload.items,
@@ -66,16 +65,16 @@ def _completed(conn: Connection, event: Envelope) -> None:
     )
 
 
-def _failed(conn: Connection, event: Envelope) -> None:
+def _failed(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, EvaluationFailed)
-    _changed(conn, event, status=EvaluationStatus.FAILED.value, reason=payload.reason)
+    _changed(rows, event, status=EvaluationStatus.FAILED.value, reason=payload.reason)
 
 
-def _cancelled(conn: Connection, event: Envelope) -> None:
+def _cancelled(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, EvaluationCancelled)
-    _changed(conn, event, status=EvaluationStatus.CANCELLED.value, reason=payload.reason)
+    _changed(rows, event, status=EvaluationStatus.CANCELLED.value, reason=payload.reason)
 
 
 EVALUATION_PROJECTIONS = {

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Insert, delete, insert, select, update
+from sqlalchemy import Connection, Insert, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from api.readmodel.deployment_projections import DEPLOYMENT_PROJECTIONS
 from api.readmodel.evaluation_projections import EVALUATION_PROJECTIONS
 from api.readmodel.registry_projections import REGISTRY_PROJECTIONS
+from api.readmodel.rows import Rows, execute_many
 from api.readmodel.tables import api_keys, command_outcomes, owners, workspaces
-from api.readmodel.usage_projections import USAGE_BATCH_PROJECTIONS, USAGE_PROJECTIONS
+from api.readmodel.usage_projections import USAGE_PROJECTIONS
 from streams.api_keys import ApiKeyCreated, ApiKeyRevoked
 from streams.envelope import Envelope
 from streams.outcomes import CommandRejected
@@ -21,61 +22,57 @@ from streams.ownership import CREATED_BY, ENDED_BY, owner_after
 from streams.usage import AGGREGATE as USAGE
 from streams.workspaces import WorkspaceCreated, WorkspaceDeleted
 
-Projection = Callable[[Connection, Envelope], None]
+Projection = Callable[[Rows, Envelope], None]
 
 
-def _workspace_created(conn: Connection, event: Envelope) -> None:
+def _workspace_created(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, WorkspaceCreated)
-    conn.execute(delete(workspaces).where(workspaces.c.name == payload.name))
-    conn.execute(
-        insert(workspaces).values(
-            name=payload.name,
-            description=payload.description,
-            version=event.aggregate_version,
-            created_at=event.occurred_at,
-            updated_at=event.occurred_at,
-            creator_type=event.actor.type.value,
-            creator_id=event.actor.id,
-            creator_name=event.actor.name,
-        )
+    rows.put(
+        workspaces,
+        {
+            "name": payload.name,
+            "description": payload.description,
+            "version": event.aggregate_version,
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
+            "creator_type": event.actor.type.value,
+            "creator_id": event.actor.id,
+            "creator_name": event.actor.name,
+        },
     )
 
 
-def _workspace_deleted(conn: Connection, event: Envelope) -> None:
+def _workspace_deleted(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, WorkspaceDeleted)
-    conn.execute(delete(workspaces).where(workspaces.c.name == payload.name))
+    rows.delete(workspaces, (payload.name,))
 
 
-def _api_key_created(conn: Connection, event: Envelope) -> None:
+def _api_key_created(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, ApiKeyCreated)
-    conn.execute(delete(api_keys).where(api_keys.c.key_id == payload.key_id))
-    conn.execute(
-        insert(api_keys).values(
-            key_id=payload.key_id,
-            name=payload.name,
-            role=payload.role.value,
-            team=payload.team,
-            key_hash=payload.key_hash,
-            version=event.aggregate_version,
-            created_at=event.occurred_at,
-            revoked=False,
-            creator_id=event.actor.id,
-            creator_name=event.actor.name,
-        )
+    rows.put(
+        api_keys,
+        {
+            "key_id": payload.key_id,
+            "name": payload.name,
+            "role": payload.role.value,
+            "team": payload.team,
+            "key_hash": payload.key_hash,
+            "version": event.aggregate_version,
+            "created_at": event.occurred_at,
+            "revoked": False,
+            "creator_id": event.actor.id,
+            "creator_name": event.actor.name,
+        },
     )
 
 
-def _api_key_revoked(conn: Connection, event: Envelope) -> None:
+def _api_key_revoked(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, ApiKeyRevoked)
-    conn.execute(
-        update(api_keys)
-        .where(api_keys.c.key_id == payload.key_id)
-        .values(revoked=True, version=event.aggregate_version)
-    )
+    rows.update(api_keys, (payload.key_id,), {"revoked": True, "version": event.aggregate_version})
 
 
 PROJECTIONS: dict[str, Projection] = {
@@ -90,28 +87,41 @@ PROJECTIONS: dict[str, Projection] = {
 }
 # Event types that change who owns an aggregate (project_owner).
 OWNERSHIP_EVENTS = CREATED_BY | ENDED_BY
-# Event types whose rows no other event touches: a batch's events of such a type are projected together at its end.
-BATCH_PROJECTIONS: dict[str, Callable[[Connection, list[Envelope]], None]] = {**USAGE_BATCH_PROJECTIONS}
 
 
-def project_owner(conn: Connection, event: Envelope) -> None:
-    """The `owners` row of the event's aggregate, as streams.ownership.owner_after folds it (usage rows carry their
-    team themselves)."""
-    if event.aggregate_type == USAGE:
-        return
-    key = (owners.c.aggregate_type == event.aggregate_type, owners.c.aggregate_id == event.aggregate_id)
-    current = conn.scalar(select(owners.c.team).where(*key))
+def changes_owner(event: Envelope) -> bool:
+    """Whether `project_owner` has anything to do for `event` (usage rows carry their team themselves)."""
+    return event.type in OWNERSHIP_EVENTS and event.aggregate_type != USAGE
+
+
+def project_owners(rows: Rows, events: list[Envelope]) -> None:
+    """The `owners` rows of `events` (each one `changes_owner`), in their order. Only these events touch `owners`, so
+    a batch may fold them after its other projections, reading the rows they need with a few statements."""
+    rows.prefetch(owners, [(event.aggregate_type, event.aggregate_id) for event in events])
+    for event in events:
+        project_owner(rows, event)
+
+
+def project_owner(rows: Rows, event: Envelope) -> None:
+    """The `owners` row of the event's aggregate, as streams.ownership.owner_after folds it."""
+    key = (event.aggregate_type, event.aggregate_id)
+    row = rows.get(owners, key)
+    current = row["team"] if row is not None else None
     after = owner_after(current, event)
     if after == current:
         return
-    if current is not None:
-        conn.execute(delete(owners).where(*key))
-    if after is not None:
+    if after is None:
+        rows.delete(owners, key)
+    else:
         shared = bool(getattr(event.payload, "shared", False))
-        conn.execute(
-            insert(owners).values(
-                aggregate_type=event.aggregate_type, aggregate_id=event.aggregate_id, team=after, shared=shared
-            )
+        rows.put(
+            owners,
+            {
+                "aggregate_type": event.aggregate_type,
+                "aggregate_id": event.aggregate_id,
+                "team": after,
+                "shared": shared,
+            },
         )
 
 
@@ -139,9 +149,9 @@ def record_outcomes(conn: Connection, rows: list[dict[str, Any]]) -> None:
         return
     statement: Insert
     if conn.dialect.name == "sqlite":
-        statement = sqlite_insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"])
+        statement = _SQLITE_NEW_OUTCOMES
     elif conn.dialect.name == "postgresql":
-        statement = postgresql_insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"])
+        statement = _POSTGRESQL_NEW_OUTCOMES
     else:
         stored = select(command_outcomes.c.command_id).where(
             command_outcomes.c.command_id.in_([row["command_id"] for row in rows])
@@ -151,4 +161,8 @@ def record_outcomes(conn: Connection, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         statement = insert(command_outcomes)
-    conn.execute(statement, rows)
+    execute_many(conn, statement, rows)
+
+
+_SQLITE_NEW_OUTCOMES = sqlite_insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"])
+_POSTGRESQL_NEW_OUTCOMES = postgresql_insert(command_outcomes).on_conflict_do_nothing(index_elements=["command_id"])

@@ -13,14 +13,8 @@ from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.readmodel.database import sqlite_writer
-from api.readmodel.projections import (
-    BATCH_PROJECTIONS,
-    OWNERSHIP_EVENTS,
-    PROJECTIONS,
-    outcome_row,
-    project_owner,
-    record_outcomes,
-)
+from api.readmodel.projections import PROJECTIONS, changes_owner, outcome_row, project_owners, record_outcomes
+from api.readmodel.rows import Rows
 from api.readmodel.tables import projection_offsets
 from streams.envelope import Envelope
 from streams.serialization import MessageDecodeError, decode
@@ -91,8 +85,9 @@ def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
         (topic, partition): next_offset for topic, partition, next_offset in conn.execute(select(projection_offsets))
     }
     positions = dict(stored)
+    rows = Rows(conn)
+    owned: list[Envelope] = []
     outcomes: dict[str, dict[str, Any]] = {}
-    batched: dict[str, list[Envelope]] = {}
     for record in records:
         key = (record.topic, record.partition)
         if record.offset < positions.get(key, 0):
@@ -106,17 +101,16 @@ def _apply(conn: Connection, records: Sequence[EventRecord]) -> list[str]:
         except MessageDecodeError as exc:
             log.error("skipping unreadable event at %s:%d: %s", *key, record.offset, exc)
             continue
-        if event.type in OWNERSHIP_EVENTS:
-            project_owner(conn, event)
-        if event.type in BATCH_PROJECTIONS:
-            batched.setdefault(event.type, []).append(event)
-        elif (projection := PROJECTIONS.get(event.type)) is not None:
-            projection(conn, event)
+        # Each envelope is dropped once projected: a batch's thousands of them kept alive cost twice their decoding.
+        if changes_owner(event):
+            owned.append(event)
+        if (projection := PROJECTIONS.get(event.type)) is not None:
+            projection(rows, event)
         if event.command_id not in outcomes:
             outcomes[event.command_id] = outcome_row(event)
         command_ids.append(event.command_id)
-    for event_type, events in batched.items():
-        BATCH_PROJECTIONS[event_type](conn, events)
+    project_owners(rows, owned)
+    rows.flush()
     record_outcomes(conn, list(outcomes.values()))
     for (topic, partition), next_offset in positions.items():
         if (topic, partition) in stored:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
-
+from api.readmodel.rows import Rows
 from api.readmodel.tables import adapter_versions, adapters, fileset_files, lora_bin, lora_files
 from streams import adapters as adapter_events
 from streams import filesets as fileset_events
@@ -25,37 +24,17 @@ def _creator(event: Envelope, prefix: str = "creator") -> dict[str, str]:
     return values
 
 
-def _split_adapter_id(aggregate_id: str) -> tuple[str, str]:
-    workspace, _, name = aggregate_id.partition("/")
+def _adapter_key(event: Envelope) -> tuple[str, str]:
+    workspace, _, name = event.aggregate_id.partition("/")
     return workspace, name
 
 
-# Built once: the hot projections run per event on replay, and a statement built per event costs more than running it.
-_ADAPTER_KEY = (adapters.c.workspace == bindparam("k_workspace"), adapters.c.name == bindparam("k_name"))
-_VERSION_KEY = (
-    adapter_versions.c.workspace == bindparam("k_workspace"),
-    adapter_versions.c.name == bindparam("k_name"),
-    adapter_versions.c.version == bindparam("k_version"),
-)
-_DELETE_ADAPTER = delete(adapters).where(*_ADAPTER_KEY)
-_INSERT_ADAPTER = insert(adapters)
-_UPDATE_ADAPTER = update(adapters).where(*_ADAPTER_KEY)
-_DELETE_VERSION = delete(adapter_versions).where(*_VERSION_KEY)
-_INSERT_VERSION = insert(adapter_versions)
-_UPDATE_VERSION = update(adapter_versions).where(*_VERSION_KEY)
-_DELETE_FILE = delete(lora_files).where(lora_files.c.partial_path == bindparam("k_partial_path"))
-_INSERT_FILE = insert(lora_files)
-_UPDATE_FILE = update(lora_files).where(lora_files.c.partial_path == bindparam("k_partial_path"))
-
-
-def adapter_requested(conn: Connection, event: Envelope) -> None:
+def adapter_requested(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterRequested)
     spec = payload.spec
-    key = {"k_workspace": spec.workspace, "k_name": spec.name}
-    conn.execute(_DELETE_ADAPTER, key)
-    conn.execute(
-        _INSERT_ADAPTER,
+    rows.put(
+        adapters,
         {
             "workspace": spec.workspace,
             "name": spec.name,
@@ -70,9 +49,8 @@ def adapter_requested(conn: Connection, event: Envelope) -> None:
             **_creator(event),
         },
     )
-    conn.execute(_DELETE_VERSION, {**key, "k_version": payload.version})
-    conn.execute(
-        _INSERT_VERSION,
+    rows.put(
+        adapter_versions,
         {
             "workspace": spec.workspace,
             "name": spec.name,
@@ -88,18 +66,17 @@ def adapter_requested(conn: Connection, event: Envelope) -> None:
     )
 
 
-def _update_version(conn: Connection, event: Envelope, version: int, **values: Any) -> None:
-    workspace, name = _split_adapter_id(event.aggregate_id)
-    key = {"k_workspace": workspace, "k_name": name}
-    conn.execute(_UPDATE_VERSION, {**key, "k_version": version, "updated_at": event.occurred_at, **values})
-    conn.execute(_UPDATE_ADAPTER, {**key, "updated_at": event.occurred_at, "version": event.aggregate_version})
+def _update_version(rows: Rows, event: Envelope, version: int, **values: Any) -> None:
+    key = _adapter_key(event)
+    rows.update(adapter_versions, (*key, version), {"updated_at": event.occurred_at, **values})
+    rows.update(adapters, key, {"updated_at": event.occurred_at, "version": event.aggregate_version})
 
 
-def adapter_progressed(conn: Connection, event: Envelope) -> None:
+def adapter_progressed(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterProgressed)
     _update_version(
-        conn,
+        rows,
         event,
         payload.version,
         status=payload.status.value,
@@ -108,11 +85,11 @@ def adapter_progressed(conn: Connection, event: Envelope) -> None:
     )
 
 
-def adapter_stored(conn: Connection, event: Envelope) -> None:
+def adapter_stored(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterStored)
     _update_version(
-        conn,
+        rows,
         event,
         payload.version,
         status=adapter_events.AdapterStatus.READY.value,
@@ -124,11 +101,11 @@ def adapter_stored(conn: Connection, event: Envelope) -> None:
     )
 
 
-def adapter_rejected(conn: Connection, event: Envelope) -> None:
+def adapter_rejected(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterRejected)
     _update_version(
-        conn,
+        rows,
         event,
         payload.version,
         status=adapter_events.AdapterStatus.REJECTED.value,
@@ -138,34 +115,32 @@ def adapter_rejected(conn: Connection, event: Envelope) -> None:
     )
 
 
-def adapter_updated(conn: Connection, event: Envelope) -> None:
+def adapter_updated(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterUpdated)
-    workspace, name = _split_adapter_id(event.aggregate_id)
-    conn.execute(
-        update(adapters)
-        .where(adapters.c.workspace == workspace, adapters.c.name == name)
-        .values(
-            updated_at=event.occurred_at,
-            version=event.aggregate_version,
+    rows.update(
+        adapters,
+        _adapter_key(event),
+        {
+            "updated_at": event.occurred_at,
+            "version": event.aggregate_version,
             **payload.changes.model_dump(exclude_none=True),
-        )
+        },
     )
 
 
-def adapter_deleted(conn: Connection, event: Envelope) -> None:
+def adapter_deleted(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, adapter_events.AdapterDeleted)
     # Versions stay: their events and objects are history. Only the name is gone.
-    conn.execute(delete(adapters).where(adapters.c.workspace == payload.workspace, adapters.c.name == payload.name))
+    rows.delete(adapters, (payload.workspace, payload.name))
 
 
-def lora_file_reserved(conn: Connection, event: Envelope) -> None:
+def lora_file_reserved(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileReserved)
-    conn.execute(_DELETE_FILE, {"k_partial_path": payload.partial_path})
-    conn.execute(
-        _INSERT_FILE,
+    rows.put(
+        lora_files,
         {
             "partial_path": payload.partial_path,
             "entity_type": payload.entity_type.value,
@@ -183,111 +158,111 @@ def lora_file_reserved(conn: Connection, event: Envelope) -> None:
     )
 
 
-def lora_file_stored(conn: Connection, event: Envelope) -> None:
+def lora_file_stored(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileStored)
-    values = {"status": "stored", "blob_key": payload.file.key, "analysis": _json(payload.analysis)}
-    conn.execute(_UPDATE_FILE, {"k_partial_path": payload.partial_path, **values, "updated_at": event.occurred_at})
+    rows.update(
+        lora_files,
+        (payload.partial_path,),
+        {
+            "status": "stored",
+            "blob_key": payload.file.key,
+            "analysis": _json(payload.analysis),
+            "updated_at": event.occurred_at,
+        },
+    )
 
 
-def lora_file_rejected(conn: Connection, event: Envelope) -> None:
+def lora_file_rejected(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileRejected)
-    conn.execute(
-        update(lora_files)
-        .where(lora_files.c.partial_path == payload.partial_path)
-        .values(status="rejected", reason=payload.reason, updated_at=event.occurred_at)
+    rows.update(
+        lora_files,
+        (payload.partial_path,),
+        {"status": "rejected", "reason": payload.reason, "updated_at": event.occurred_at},
     )
 
 
-def lora_file_binned(conn: Connection, event: Envelope) -> None:
+def lora_file_binned(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileBinned)
-    row = (conn.execute(select(lora_files).where(lora_files.c.partial_path == payload.partial_path))).mappings().first()
-    conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))
+    row = rows.get(lora_files, (payload.partial_path,))
+    rows.delete(lora_bin, (payload.bin_path,))
     if row is not None:
-        conn.execute(
-            insert(lora_bin).values(
-                bin_path=payload.bin_path,
-                partial_path=payload.partial_path,
-                entity_type=row["entity_type"],
-                filename=row["filename"],
-                file_size=row["file_size"],
-                sha256=row["sha256"],
-                blob_key=row["blob_key"],
-                analysis=row["analysis"],
-                uploaded_at=row["uploaded_at"],
-                binned_at=event.occurred_at,
-                correlation_id=event.correlation_id,
-                team=row["team"],
-            )
+        rows.put(
+            lora_bin,
+            {
+                "bin_path": payload.bin_path,
+                "partial_path": payload.partial_path,
+                "entity_type": row["entity_type"],
+                "filename": row["filename"],
+                "file_size": row["file_size"],
+                "sha256": row["sha256"],
+                "blob_key": row["blob_key"],
+                "analysis": row["analysis"],
+                "uploaded_at": row["uploaded_at"],
+                "binned_at": event.occurred_at,
+                "correlation_id": event.correlation_id,
+                "team": row["team"],
+            },
         )
-    conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
+    rows.delete(lora_files, (payload.partial_path,))
 
 
-def lora_file_restored(conn: Connection, event: Envelope) -> None:
+def lora_file_restored(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, file_events.LoraFileRestored)
-    row = (conn.execute(select(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))).mappings().first()
+    row = rows.get(lora_bin, (payload.bin_path,))
     if row is None:
         return  # replayed after a later event removed it: nothing to move
-    conn.execute(delete(lora_files).where(lora_files.c.partial_path == payload.partial_path))
-    conn.execute(
-        insert(lora_files).values(
-            partial_path=payload.partial_path,
-            entity_type=row["entity_type"],
-            filename=row["filename"],
-            original_filename=row["filename"],
-            status="stored",
-            file_size=row["file_size"],
-            sha256=row["sha256"],
-            blob_key=row["blob_key"],
-            analysis=row["analysis"],
-            correlation_id=event.correlation_id,
-            uploaded_at=row["uploaded_at"],
-            updated_at=event.occurred_at,
+    rows.put(
+        lora_files,
+        {
+            "partial_path": payload.partial_path,
+            "entity_type": row["entity_type"],
+            "filename": row["filename"],
+            "original_filename": row["filename"],
+            "status": "stored",
+            "file_size": row["file_size"],
+            "sha256": row["sha256"],
+            "blob_key": row["blob_key"],
+            "analysis": row["analysis"],
+            "correlation_id": event.correlation_id,
+            "uploaded_at": row["uploaded_at"],
+            "updated_at": event.occurred_at,
             **_creator(event, "uploader"),
-            team=row["team"],  # the team that uploaded it, not the admin who restored it
-        )
+            "team": row["team"],  # the team that uploaded it, not the admin who restored it
+        },
     )
-    conn.execute(delete(lora_bin).where(lora_bin.c.bin_path == payload.bin_path))
+    rows.delete(lora_bin, (payload.bin_path,))
 
 
-def fileset_file_added(conn: Connection, event: Envelope) -> None:
+def fileset_file_added(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, fileset_events.FilesetFileAdded)
-    key = and_(
-        fileset_files.c.workspace == payload.workspace,
-        fileset_files.c.fileset == payload.fileset,
-        fileset_files.c.path == payload.path,
-    )
-    conn.execute(delete(fileset_files).where(key))
-    conn.execute(
-        insert(fileset_files).values(
-            workspace=payload.workspace,
-            fileset=payload.fileset,
-            path=payload.path,
-            status="staged",
-            file_size=payload.size,
-            sha256=payload.sha256,
-            correlation_id=event.correlation_id,
-            updated_at=event.occurred_at,
-        )
+    rows.put(
+        fileset_files,
+        {
+            "workspace": payload.workspace,
+            "fileset": payload.fileset,
+            "path": payload.path,
+            "status": "staged",
+            "file_size": payload.size,
+            "sha256": payload.sha256,
+            "correlation_id": event.correlation_id,
+            "updated_at": event.occurred_at,
+        },
     )
 
 
-def fileset_file_stored(conn: Connection, event: Envelope) -> None:
+def fileset_file_stored(rows: Rows, event: Envelope) -> None:
     payload = event.payload
     assert isinstance(payload, fileset_events.FilesetFileStored)
     workspace, _, fileset = event.aggregate_id.partition("/")
-    conn.execute(
-        update(fileset_files)
-        .where(
-            fileset_files.c.workspace == workspace,
-            fileset_files.c.fileset == fileset,
-            fileset_files.c.path == payload.file.path,
-        )
-        .values(status="stored", blob_key=payload.file.key, updated_at=event.occurred_at)
+    rows.update(
+        fileset_files,
+        (workspace, fileset, payload.file.path),
+        {"status": "stored", "blob_key": payload.file.key, "updated_at": event.occurred_at},
     )
 
 
