@@ -12,6 +12,7 @@ from api.readmodel.tables import (
     deployment_instances,
     deployments,
     instance_adapters,
+    instance_reports,
 )
 from streams import cluster
 from streams import deployments as deployment_events
@@ -63,20 +64,28 @@ def _deployment_deleted(rows: Rows, event: Envelope) -> None:
 
 
 def _instance_reported(rows: Rows, event: Envelope) -> None:
-    """A node agent's report; one from a node the instance was moved away from changes nothing."""
+    """A node agent's report. Which placement it belongs to is decided when read: the report of the node the
+    instance is placed on, if it is newer than the placement (deployment_queries)."""
     payload = event.payload
     reports = deployment_events.InstanceLaunched | deployment_events.InstanceStarted | deployment_events.InstanceFailed
     assert isinstance(payload, reports)
-    values: dict[str, Any] = {"updated_at": event.occurred_at, "endpoint": None, "reason": None}
+    values: dict[str, Any] = {"endpoint": None, "reason": None}
     if isinstance(payload, deployment_events.InstanceLaunched):
         values["state"] = "starting"
     elif isinstance(payload, deployment_events.InstanceStarted):
         values.update(state="running", endpoint=payload.endpoint)
     else:
         values.update(state="failed", reason=payload.fail_reason)
-    instance = rows.get(deployment_instances, (payload.instance_id,))
-    if instance is not None and instance["node_id"] == payload.node_id:
-        rows.update(deployment_instances, (payload.instance_id,), values)
+    rows.put(
+        instance_reports,
+        {
+            "instance_id": payload.instance_id,
+            "node_id": payload.node_id,
+            "deploy_id": event.aggregate_id,
+            "updated_at": event.occurred_at,
+            **values,
+        },
+    )
     if not isinstance(payload, deployment_events.InstanceStarted):
         # A (re)starting or failed vLLM holds no runtime-loaded adapter.
         rows.delete_where(instance_adapters, instance_id=payload.instance_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from api.readmodel.queries import owned_by
@@ -16,18 +16,40 @@ from api.readmodel.tables import (
     deployment_instances,
     deployments,
     instance_adapters,
+    instance_reports,
 )
 
 Row = dict[str, Any]
+
+# An instance as the API shows it: where the cluster placed it, and what the node agent it is placed on last reported,
+# if it reported after that placement (the cluster may place an instance on a node again, which restarts it).
+# Occurred-at times decide, not the order the two streams were projected in: a replay reads them side by side.
+_REPORT_OF_PLACEMENT = and_(
+    instance_reports.c.instance_id == deployment_instances.c.instance_id,
+    instance_reports.c.node_id == deployment_instances.c.node_id,
+    instance_reports.c.updated_at >= deployment_instances.c.updated_at,
+)
+_REPORTED = instance_reports.c.state.is_not(None)
+_INSTANCES = select(
+    deployment_instances.c.instance_id,
+    deployment_instances.c.deploy_id,
+    deployment_instances.c.node_id,
+    deployment_instances.c.device_indexes,
+    deployment_instances.c.requested_seq,
+    func.coalesce(instance_reports.c.state, deployment_instances.c.state).label("state"),
+    case((_REPORTED, instance_reports.c.reason), else_=deployment_instances.c.reason).label("reason"),
+    instance_reports.c.endpoint,
+    func.coalesce(instance_reports.c.updated_at, deployment_instances.c.updated_at).label("updated_at"),
+).select_from(deployment_instances.outerjoin(instance_reports, _REPORT_OF_PLACEMENT))
 
 
 async def _instances(conn: AsyncConnection, deploy_ids: Sequence[str]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {deploy_id: [] for deploy_id in deploy_ids}
     if deploy_ids:
         rows = await conn.execute(
-            select(deployment_instances)
-            .where(deployment_instances.c.deploy_id.in_(list(deploy_ids)))
-            .order_by(deployment_instances.c.requested_seq)
+            _INSTANCES.where(deployment_instances.c.deploy_id.in_(list(deploy_ids))).order_by(
+                deployment_instances.c.requested_seq
+            )
         )
         by_instance: dict[str, list[Row]] = {}
         held = await conn.execute(
@@ -113,7 +135,7 @@ async def list_nodes(engine: AsyncEngine) -> list[tuple[Row, list[Row]]]:
     async with engine.connect() as conn:
         statement = select(cluster_nodes).order_by(cluster_nodes.c.node_id)
         nodes = [dict(r) for r in (await conn.execute(statement)).mappings()]
-        placed = await conn.execute(select(deployment_instances).where(deployment_instances.c.node_id.is_not(None)))
+        placed = await conn.execute(_INSTANCES.where(deployment_instances.c.node_id.is_not(None)))
         by_node: dict[str, list[Row]] = {}
         for row in placed.mappings():
             by_node.setdefault(row["node_id"], []).append(dict(row))

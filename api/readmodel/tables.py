@@ -257,18 +257,32 @@ instance_adapters = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
-# One row per instance the cluster placed or queued; removed when released.
+# One row per instance the cluster placed or queued; removed when released. Only the cluster's events write it.
 deployment_instances = Table(
     "deployment_instances",
     metadata,
     Column("instance_id", String(600), primary_key=True),
     Column("deploy_id", String(255), nullable=False, index=True),
-    Column("state", String(16), nullable=False),  # pending | placed | starting | running | failed
-    Column("reason", Text),  # why it is pending, or why it failed
+    Column("state", String(16), nullable=False),  # pending | placed
+    Column("reason", Text),  # why it is pending
     Column("node_id", String(255)),
     Column("device_indexes", JSON),
-    Column("endpoint", Text),
     Column("requested_seq", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# The newest report of a node agent on an instance it runs, per node: only the deployment's events write it. The
+# cluster's events sit on another partition than the deployment's, so a replay may project a report before the
+# placement it follows; two tables, joined when read (deployment_queries), make the outcome independent of that order.
+instance_reports = Table(
+    "instance_reports",
+    metadata,
+    Column("instance_id", String(600), primary_key=True),
+    Column("node_id", String(255), primary_key=True),
+    Column("deploy_id", String(255), nullable=False, index=True),
+    Column("state", String(16), nullable=False),  # starting | running | failed
+    Column("reason", Text),  # why it failed
+    Column("endpoint", Text),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
