@@ -265,3 +265,29 @@ def deploy_and_wait_running(client: Api, body: dict[str, Any], timeout: float = 
     deployed: dict[str, Any] = wait_until(running, timeout=timeout, interval=1.0, message="the deployment running")
     print(f"deployment {deploy_id} running in {time.monotonic() - began:.0f}s")
     return deployed
+
+
+def _comparable(value: Any) -> Any:
+    """JSON columns come back as dicts and lists: compare them by their canonical text."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+
+
+def read_model_rows(url: str) -> dict[str, set[tuple[Any, ...]]]:
+    """Every row of every read-model table, typed by the SQLAlchemy tables (so both backends compare)."""
+    from sqlalchemy import select
+
+    from api.readmodel.database import create_engine
+    from api.readmodel.tables import metadata
+
+    async def read() -> dict[str, set[tuple[Any, ...]]]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return {
+                    t.name: {tuple(map(_comparable, row)) for row in await conn.execute(select(t))}
+                    for t in metadata.sorted_tables
+                }
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())

