@@ -38,6 +38,11 @@ def created() -> Envelope:
     return at(0, dep.DeploymentCreated(spec=spec), DEPLOY)
 
 
+def registered(node: str) -> Envelope:
+    device = cluster.DeviceInfo(index=0, gpu_type=dep.DeployGpu.H100_80GB, memory_mb=81559)
+    return at(0, cluster.NodeRegistered(node_id=node, devices=(device,)), cluster.CLUSTER_ID)
+
+
 def placed(second: int, node: str) -> Envelope:
     return at(second, cluster.InstancePlaced(instance=SPEC, node_id=node, device_indexes=(0,)), cluster.CLUSTER_ID)
 
@@ -51,11 +56,12 @@ def launched(second: int, node: str) -> Envelope:
     return at(second, dep.InstanceLaunched(instance_id=SPEC.instance_id, node_id=node), DEPLOY)
 
 
-def instance_after(tmp_path: Path, events: list[Envelope]) -> dict[str, Any]:
-    """The deployment's one instance once `events` are projected in this order (one partition per stream)."""
+def instance_after(database: Path, events: list[Envelope]) -> dict[str, Any]:
+    """The deployment's one instance once `events` are projected in this order (one partition per stream) into a
+    fresh `database`, as the deployment and the node listing both show it."""
 
     async def run() -> dict[str, Any]:
-        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / f'rm-{id(events)}.db'}")
+        engine = create_engine(f"sqlite+aiosqlite:///{database}")
         await create_schema(engine)
         projector = Projector(engine)
         offsets = {DEPLOY: itertools.count(), cluster.CLUSTER_ID: itertools.count()}
@@ -67,9 +73,11 @@ def instance_after(tmp_path: Path, events: list[Envelope]) -> dict[str, Any]:
             found = await get_deployment(engine, DEPLOY)
             assert found is not None
             (instance,) = found[1]
-            ((_, on_node),) = [(node, placed) for node, placed in await list_nodes(engine) if placed] or [(None, [])]
-            assert on_node == [] or [row["state"] for row in on_node] == [instance["state"]]
-            return {key: instance[key] for key in ("state", "node_id", "endpoint")}
+            shown = {key: instance[key] for key in ("state", "node_id", "endpoint")}
+            listed = {node["node_id"]: placed for node, placed in await list_nodes(engine)}
+            assert listed.keys() == {"n1", "n2"}
+            assert [{key: row[key] for key in shown} for row in listed[instance["node_id"]]] == [shown]
+            return shown
         finally:
             projector.close()
             await engine.dispose()
@@ -94,9 +102,12 @@ def test_an_instance_reads_the_same_whichever_stream_is_projected_first(
 ) -> None:
     cluster_events = [event for event in history if event.aggregate_id == cluster.CLUSTER_ID]
     reports = [event for event in history if event.aggregate_id == DEPLOY]
-    live = [created(), *history]  # the order they happened in
-    reports_first = [created(), *reports, *cluster_events]  # what a replay may do
-    placements_first = [created(), *cluster_events, *reports]
-    for order in (live, reports_first, placements_first):
-        found = instance_after(tmp_path, order)
-        assert (found["state"], found["node_id"], found["endpoint"]) == expected, [e.type for e in order]
+    nodes = [registered("n1"), registered("n2")]
+    orders = {
+        "live": [*nodes, created(), *history],  # the order they happened in
+        "reports first": [created(), *reports, *nodes, *cluster_events],  # what a replay may do
+        "placements first": [*nodes, created(), *cluster_events, *reports],
+    }
+    for name, order in orders.items():
+        found = instance_after(tmp_path / f"{name}.db", order)
+        assert (found["state"], found["node_id"], found["endpoint"]) == expected, name
