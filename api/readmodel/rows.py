@@ -4,8 +4,8 @@ table however many events changed it.
 Why: a projection that runs its own statements costs one or two round trips through SQLAlchemy per event, which is
 most of a replay's time. Here an event changes dicts; `flush()` writes the changed keys' new rows with one upsert
 (`executemany`) and deletes the removed ones with one `DELETE`, and updates rows it never read with one `UPDATE` per
-set of columns. Rows are read only when a
-projection asks for one (`get`) or a multi-row delete needs to know which rows it removes.
+set of columns. Rows are read only when a projection asks for one (`get`, `prefetch`) or a multi-row delete needs to
+know which rows it removes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Delete,
     Dialect,
@@ -47,6 +48,7 @@ class _Statements:
     table: Table
     columns: tuple[str, ...]
     key: tuple[str, ...]
+    key_where: ColumnElement[bool]  # the row of the bound `k_{column}`s
     defaults: dict[str, Any]
     select: Select[Any]
     delete: Delete
@@ -82,8 +84,7 @@ class _Statements:
     def update(self, columns: tuple[str, ...]) -> Update:
         """An UPDATE of `columns` (bound by their names) on the row of the bound key."""
         if (found := self.updates.get(columns)) is None:
-            where = and_(*(self.table.c[name] == bindparam(f"k_{name}") for name in self.key))
-            found = self.updates[columns] = update(self.table).where(where)
+            found = self.updates[columns] = update(self.table).where(self.key_where)
         return found
 
     def select_keys(self) -> Select[Any]:
@@ -110,6 +111,7 @@ class _Statements:
             table=table,
             columns=tuple(column.name for column in table.columns),
             key=key,
+            key_where=where,
             defaults=defaults,
             select=select(table).where(where),
             delete=delete(table).where(where),
