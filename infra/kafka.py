@@ -189,6 +189,8 @@ async def read_from_start(
                 raise PositionsBeyondLog(f"positions name partitions {sorted(start_at)}, the topic has {sorted(found)}")
             for tp in partitions:
                 bulk.seek(tp, start_at[tp.partition])
+        if start_at is None and not settings.log_archive:
+            on_records = _warning_of_a_trimmed_start(on_records)
         try:
             await read_to_end(bulk, partitions, on_records, fetch_max_wait_ms=settings.kafka_bulk_fetch_max_wait_ms)
         except OffsetOutOfRangeError as exc:
@@ -202,6 +204,27 @@ async def read_from_start(
         return reached
     finally:
         await stop_quietly(bulk)
+
+
+def _warning_of_a_trimmed_start(on_records: OnRecords) -> OnRecords:
+    """`on_records`, warning once per partition whose first record is not offset 0: the broker no longer holds the
+    start of the log (retention, or the embedded broker's keeper with the reader not told to read its archive), so
+    what is read from there misses every event before it."""
+    seen: set[TopicPartition] = set()
+
+    def checked(tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> Awaitable[None] | None:
+        if tp not in seen:
+            seen.add(tp)
+            if records[0].offset > 0:
+                _log.warning(
+                    "%s starts at offset %d on the broker: the events before it are not read. Beside the embedded "
+                    "broker, set LORAPLANE_LOG_ARCHIVE=true (as `loraplane up` does) to read them from its archive",
+                    tp,
+                    records[0].offset,
+                )
+        return on_records(tp, records)
+
+    return checked
 
 
 async def read_to_end(

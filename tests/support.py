@@ -55,17 +55,20 @@ class Stack:
             timeout=timeout,
         )
 
-    def settings(self) -> Settings:
-        """The settings the stack's children run with (its broker, its S3, whether its log is archived)."""
+    def settings(self, **overrides: Any) -> Settings:
+        """The settings the stack's children run with (its broker, its S3, whether its log is archived), with
+        `overrides`. A reader of the log must keep `log_archive`: once the keeper trims a partition, a reader without
+        it starts at the broker's oldest batch and misses the archived events before it."""
         env = self.env
-        return Settings(
-            kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
-            s3_endpoint=env["S3_ENDPOINT"],
-            s3_access_key=env["S3_ACCESS_KEY"],
-            s3_secret_key=env["S3_SECRET_KEY"],
-            s3_bucket=env["S3_BUCKET"],
-            log_archive=env.get("LORAPLANE_LOG_ARCHIVE") == "true",
-        )
+        fields: dict[str, Any] = {
+            "kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "s3_endpoint": env["S3_ENDPOINT"],
+            "s3_access_key": env["S3_ACCESS_KEY"],
+            "s3_secret_key": env["S3_SECRET_KEY"],
+            "s3_bucket": env["S3_BUCKET"],
+            "log_archive": env.get("LORAPLANE_LOG_ARCHIVE") == "true",
+        }
+        return Settings(**{**fields, **overrides})
 
     def pids(self) -> dict[str, int]:
         return json.loads((self.data_dir / "run" / "processes.json").read_text())  # type: ignore[no-any-return]

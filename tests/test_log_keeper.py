@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -16,10 +17,12 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from infra.kafka import read_from_start
 from infra.log_archive import LogArchive
 from infra.s3 import make_client
 from infra.tansu_objects import batch_bases
@@ -167,3 +170,33 @@ def test_a_worker_and_a_read_model_starting_from_nothing_fold_the_archived_log(k
     with Api(kept, key) as api:
         name = f"after-{uuid.uuid4().hex[:6]}"
         assert api.post("/v2/workspaces", params={"wait": 60}, json={"name": name}).status_code == 201
+
+
+def test_a_reader_not_told_of_the_archive_warns_that_it_misses_the_start(
+    kept: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader built without LORAPLANE_LOG_ARCHIVE (a hand-made Settings, a shell without `loraplane up`'s stack.env)
+    starts at the broker's oldest batch: it says so, where the archive-aware read starts every partition at 0."""
+    assert sum(_first_offsets_on_the_broker(kept).values()) > 0  # the log is trimmed (the tests before wrote it)
+
+    def first_offsets(log_archive: bool) -> dict[int, int]:
+        first: dict[int, int] = {}
+
+        def on_records(tp: TopicPartition, records: list[Any]) -> None:
+            first.setdefault(tp.partition, records[0].offset)
+
+        asyncio.run(read_from_start(kept.settings(log_archive=log_archive), EVENTS, on_records))
+        return first
+
+    with caplog.at_level(logging.WARNING, logger="infra.kafka"):
+        whole = first_offsets(True)
+        assert not caplog.records
+        partial = first_offsets(False)
+    assert set(whole.values()) == {0}
+    trimmed = {p: offset for p, offset in partial.items() if offset > 0}
+    assert trimmed
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == len(trimmed)
+    for partition, offset in trimmed.items():
+        assert any(f"partition={partition})" in m and f"offset {offset} " in m for m in warned), warned
+    assert all("LORAPLANE_LOG_ARCHIVE=true" in m for m in warned)

@@ -29,16 +29,7 @@ EVERY = 50
 
 
 def settings_for(stack: Stack, tmp_path: Path, **overrides: object) -> Settings:
-    return Settings(
-        kafka_bootstrap_servers=stack.bootstrap,
-        s3_endpoint=stack.env["S3_ENDPOINT"],
-        s3_access_key=stack.env["S3_ACCESS_KEY"],
-        s3_secret_key=stack.env["S3_SECRET_KEY"],
-        s3_bucket=stack.env["S3_BUCKET"],
-        kafka_fetch_max_wait_ms=20,
-        data_dir=tmp_path,
-        **overrides,  # type: ignore[arg-type]
-    )
+    return stack.settings(kafka_fetch_max_wait_ms=20, data_dir=tmp_path, **overrides)
 
 
 async def append_events(stack: Stack, count: int) -> dict[int, int]:

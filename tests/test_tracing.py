@@ -17,20 +17,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agents.app import AGGREGATES
 from agents.processor import CommandProcessor
 from api.app import create_app
-from infra.settings import Settings
 from tests.support import Stack, read_topic, wait_until
 
 
 def test_http_request_to_agent_decision_is_one_trace(stack: Stack, admin_key: str, tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
-    settings = Settings(
-        kafka_bootstrap_servers=stack.bootstrap,
-        s3_endpoint=stack.env["S3_ENDPOINT"],
-        s3_access_key=stack.env["S3_ACCESS_KEY"],
-        s3_secret_key=stack.env["S3_SECRET_KEY"],
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'rm.db'}",
-        kafka_fetch_max_wait_ms=20,
-        data_dir=tmp_path,
+    settings = stack.settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'rm.db'}", kafka_fetch_max_wait_ms=20, data_dir=tmp_path
     )
     name = f"traced-{uuid.uuid4().hex[:8]}"
     with TestClient(create_app(settings, span_exporter=exporter)) as client:
