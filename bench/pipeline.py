@@ -175,13 +175,15 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
             done = 0
             while done < args.total:
                 size = min(args.round, args.total - done)
+                before = cpu_by_process(stack)
                 one = await creates(api, size)
                 done += size
                 p99s.append(one.pct(99))
                 print(
                     f"round {len(p99s)}: {done:,} written; "
                     + one.line("", "commands").lstrip(": ")
-                    + broker_size(stack),
+                    + broker_size(stack)
+                    + cpu_a_command(before, cpu_by_process(stack), size),
                     flush=True,
                 )
             print(f"last round p99 / first round p99: {p99s[-1] / p99s[0]:.2f} (goal <= 1.5)")
@@ -211,6 +213,18 @@ def print_cpu(before: dict[str, float], after: dict[str, float], run: Run) -> No
         if seconds >= 0.05 * run.seconds:
             per_command = seconds / len(run.latencies) * 1000
             print(f"  {name}: {seconds:.1f} s ({seconds / run.seconds:.0%} of a core, {per_command:.1f} ms a command)")
+
+
+def cpu_a_command(before: dict[str, float], after: dict[str, float], commands: int) -> str:
+    """Each process's CPU a command over a round, the largest first: where a slower round's time went."""
+    used = sorted(((after[name] - before.get(name, 0.0), name) for name in after), reverse=True)
+
+    def short(name: str) -> str:  # "weed mini [12]" -> weed, "python infra.cli api [13]" -> api
+        words = name.split(" [")[0].split()
+        return words[-1] if words[:2] == ["python", "infra.cli"] else words[0]
+
+    shares = [f"{short(name)} {seconds / commands * 1000:.1f}" for seconds, name in used[:5]]
+    return "; CPU ms a command: " + ", ".join(shares)
 
 
 def broker_size(stack: Stack) -> str:
