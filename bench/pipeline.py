@@ -204,9 +204,14 @@ def cpu_by_process(stack: Stack) -> dict[str, float]:
     return found
 
 
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each process spent between two `cpu_by_process` readings."""
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
 def print_cpu(before: dict[str, float], after: dict[str, float], run: Run) -> None:
     """Where the CPU of the pipeline's run went: each process's share of one core over the run's wall time."""
-    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    used = cpu_used(before, after)
     total = sum(used.values())
     print(f"CPU over the run ({run.seconds:.1f} s wall, {os.cpu_count()} cores): {total:.1f} s in all")
     for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
@@ -217,7 +222,7 @@ def print_cpu(before: dict[str, float], after: dict[str, float], run: Run) -> No
 
 def cpu_a_command(before: dict[str, float], after: dict[str, float], commands: int) -> str:
     """Each process's CPU a command over a round, the largest first: where a slower round's time went."""
-    used = sorted(((after[name] - before.get(name, 0.0), name) for name in after), reverse=True)
+    used = sorted(((seconds, name) for name, seconds in cpu_used(before, after).items()), reverse=True)
 
     def short(name: str) -> str:  # "weed mini [12]" -> weed, "python infra.cli api [13]" -> api
         words = name.split(" [")[0].split()
