@@ -159,6 +159,45 @@ def test_rows_read_once_are_not_read_again_and_prefetch_reads_many_at_once(tmp_p
     assert len(statements) == 3  # two prefetch chunks and the one row not prefetched
 
 
+def test_prefetch_looks_rows_up_by_their_key_and_never_scans_the_table(tmp_path: Path) -> None:
+    """A row-value IN over the whole key makes SQLite scan the table, so each batch of the projector cost as much as
+    the table held (the pipeline's rounds slowed as the read model grew): each statement must search the key."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'rm.db'}"
+
+    def store(conn: Connection) -> None:
+        rows = Rows(conn)
+        for kind in ("workspace", "adapter"):
+            for n in range(100):
+                rows.put(owners, {"aggregate_type": kind, "aggregate_id": f"{kind[0]}{n}", "team": kind})
+        rows.flush()
+
+    in_transaction(url, store)
+
+    def read(conn: Connection) -> list[str]:
+        executed: list[tuple[str, Any]] = []
+        event.listen(conn, "before_cursor_execute", lambda *args: executed.append((args[2], args[3])))
+        rows = Rows(conn)
+        keys = [("workspace", "w1"), ("adapter", "a2"), ("workspace", "w3"), ("adapter", "none"), ("team", "x")]
+        rows.prefetch(owners, keys)
+        assert [(found or {}).get("team") for found in (rows.get(owners, key) for key in keys)] == [
+            "workspace",
+            "adapter",
+            "workspace",
+            None,
+            None,
+        ]
+        plans = []
+        for statement, parameters in list(executed):
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            plans.append(" / ".join(str(step[-1]) for step in plan))
+        return plans
+
+    plans = in_transaction(url, read)
+    for plan in plans:
+        assert "SCAN owners" not in plan and "USING INDEX sqlite_autoindex_owners" in plan, plan
+    assert len(plans) == 3  # one statement per aggregate type asked for, none per key
+
+
 def test_a_row_with_a_column_the_table_lacks_is_refused_by_name(tmp_path: Path) -> None:
     def put(conn: Connection) -> None:
         Rows(conn).put(api_keys, key_row("k", colour="blue"))

@@ -30,7 +30,6 @@ from sqlalchemy import (
     delete,
     insert,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -88,10 +87,13 @@ class _Statements:
         return found
 
     def select_keys(self) -> Select[Any]:
-        """The rows whose keys are in the bound list `keys`."""
+        """The rows whose key begins with the bound `p_{column}`s and ends in the bound list `keys`. Not a row-value
+        `IN` over the whole key: SQLite scans the table for one, so each batch would cost as much as the table holds."""
         if self.select_in is None:
+            *prefix, last = self.key
             self.select_in = select(self.table).where(
-                tuple_(*(self.table.c[name] for name in self.key)).in_(bindparam("keys", expanding=True))
+                *(self.table.c[name] == bindparam(f"p_{name}") for name in prefix),
+                self.table.c[last].in_(bindparam("keys", expanding=True)),
             )
         return self.select_in
 
@@ -242,15 +244,21 @@ class Rows:
     def prefetch(self, table: Table, keys: Iterable[Key]) -> None:
         """Read the rows of `keys` with a few statements, for the `get`s to come."""
         changes = self._changes(table)
-        wanted = list(dict.fromkeys(key for key in keys if key not in changes.known))
-        for start in range(0, len(wanted), _PREFETCH_CHUNK):
-            chunk = wanted[start : start + _PREFETCH_CHUNK]
-            found = {
-                tuple(row[name] for name in changes.statements.key): dict(row)
-                for row in self.conn.execute(changes.statements.select_keys(), {"keys": chunk}).mappings()
-            }
-            for key in chunk:
-                self._known(changes, key, found.get(key))
+        statements = changes.statements
+        by_prefix: dict[Key, list[Any]] = {}
+        for key in dict.fromkeys(key for key in keys if key not in changes.known):
+            by_prefix.setdefault(key[:-1], []).append(key[-1])
+        for prefix, lasts in by_prefix.items():
+            bound = {f"p_{name}": value for name, value in zip(statements.key, prefix, strict=False)}
+            for start in range(0, len(lasts), _PREFETCH_CHUNK):
+                chunk = lasts[start : start + _PREFETCH_CHUNK]
+                found = {
+                    tuple(row[name] for name in statements.key): dict(row)
+                    for row in self.conn.execute(statements.select_keys(), {**bound, "keys": chunk}).mappings()
+                }
+                for last in chunk:
+                    key = (*prefix, last)
+                    self._known(changes, key, found.get(key))
 
     def _load(self, changes: _Changes, key: Key) -> Row | None:
         found = self.conn.execute(changes.statements.select, changes.statements.params(key)).mappings().first()
