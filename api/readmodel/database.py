@@ -29,13 +29,20 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True)
 
 
-def _with_pragmas(engine: Engine, synchronous: str) -> None:
+def _with_pragmas(engine: Engine, synchronous: str, cache_kib: int | None = None) -> None:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
+        if cache_kib is not None:
+            cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
         cursor.close()
+
+
+# A rebuild inserts rows of random keys (ids) into every index; with SQLite's default 2 MiB of page cache most of those
+# inserts read their page back from the operating system once the file outgrows it.
+_BULK_CACHE_KIB = 512 * 1024
 
 
 def sqlite_writer(engine: AsyncEngine, *, bulk: bool = False) -> Engine | None:
@@ -48,7 +55,7 @@ def sqlite_writer(engine: AsyncEngine, *, bulk: bool = False) -> Engine | None:
     writer = create_sync_engine(
         url.set(drivername="sqlite"), connect_args={"timeout": 30, "check_same_thread": False}, pool_size=1
     )
-    _with_pragmas(writer, "OFF" if bulk else "NORMAL")
+    _with_pragmas(writer, "OFF" if bulk else "NORMAL", _BULK_CACHE_KIB if bulk else None)
 
     # Each batch's transaction takes the write lock at its start, not at its first write: two API processes
     # projecting into one file then wait for each other instead of failing to upgrade a read lock.
