@@ -225,7 +225,7 @@ class LocalStack:
         )
         self.log(f"starting S3 (SeaweedFS) on 127.0.0.1:{s3}")
         began = time.monotonic()
-        await self.supervisor.start(ChildSpec(S3_CHILD, argv, env=env, cwd=self.data_dir))
+        await self.supervisor.start(ChildSpec(S3_CHILD, argv, env=env, cwd=self.data_dir, dump_signal=signal.SIGQUIT))
         self.ports.update({f"seaweedfs.{name}": port for name, port in ports.items()})
         endpoint = f"http://127.0.0.1:{s3}"
         s3_settings = settings.model_copy(update={"s3_endpoint": endpoint})

@@ -26,6 +26,7 @@ BACKOFF_MAX_S = 10.0
 BACKOFF_RESET_AFTER_S = 60.0
 
 _PR_SET_PDEATHSIG = 1
+_DUMP_WAIT_S = 2.0  # for a child's stack dump, after its dump_signal
 
 
 @dataclass
@@ -36,6 +37,9 @@ class ChildSpec:
     env: dict[str, str] | None = None
     restart: bool = True
     cwd: Path | None = None
+    # Sent to a child that does not stop within its grace, before SIGKILL, so that it writes where it waits into its
+    # log (SIGQUIT for a Go program: the runtime dumps every goroutine's stack and exits).
+    dump_signal: signal.Signals | None = None
 
 
 class ChildFailed(Exception):
@@ -260,13 +264,30 @@ class Supervisor:
             try:
                 await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
-                self.log(f"{name} did not stop within {grace:g}s; killing it")
-                _signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
+                await self._kill_stuck(child, proc, grace)
             self.log(f"{name} stopped (code {proc.returncode}) in {time.monotonic() - began:.1f}s")
         # Grandchildren that outlived the leader are still in its group.
         if _signal_group(proc.pid, 0):
             _signal_group(proc.pid, signal.SIGKILL)
+
+    async def _kill_stuck(self, child: _Child, proc: asyncio.subprocess.Process, grace: float) -> None:
+        """SIGKILL a child past its grace; first its `dump_signal`, if it has one, so that its stacks reach its log."""
+        name = child.spec.name
+        dump = child.spec.dump_signal
+        if dump is None:
+            self.log(f"{name} did not stop within {grace:g}s; killing it")
+        else:
+            self.log(
+                f"{name} did not stop within {grace:g}s; sent {dump.name} for its stacks ({self.log_path(name)}), "
+                "then killing it"
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, dump)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), _DUMP_WAIT_S)
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
 
     async def _forget(self, child: _Child) -> None:
         for task in (child.monitor, child.restart_task):

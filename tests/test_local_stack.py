@@ -273,6 +273,42 @@ def test_supervisor_raises_child_failed_for_a_non_restartable_child(tmp_path: Pa
     asyncio.run(run())
 
 
+def test_a_child_past_its_grace_gets_its_dump_signal_before_it_is_killed(tmp_path: Path) -> None:
+    """SeaweedFS has twice not stopped on SIGTERM: its dump signal (SIGQUIT, Go's stack dump) leaves in its log where
+    it waited. A child without one is killed as before."""
+    stuck = textwrap.dedent(
+        """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        def dump(*_):
+            print("goroutine 1 [select]: waiting here", flush=True)
+            sys.exit(2)
+        signal.signal(signal.SIGQUIT, dump)
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+
+    async def run() -> None:
+        lines: list[str] = []
+        supervisor = Supervisor(tmp_path, lines.append)
+        await supervisor.start(ChildSpec("go", [sys.executable, "-c", stuck], dump_signal=signal.SIGQUIT))
+        await supervisor.start(ChildSpec("plain", [sys.executable, "-c", stuck]))
+        for name in ("go", "plain"):
+            await _eventually(lambda name=name: "ready" in supervisor.last_log_lines(name).splitlines(), within=10)
+        await supervisor.stop(timeout=1)
+        assert "goroutine 1 [select]: waiting here" in supervisor.last_log_lines("go").splitlines()
+        assert "goroutine 1 [select]: waiting here" not in supervisor.last_log_lines("plain").splitlines()
+        ends = [line for line in lines if "did not stop" in line or "stopped (code" in line]
+        assert ends[0] == "plain did not stop within 1s; killing it"
+        assert ends[1].startswith("plain stopped (code -9)")
+        path = supervisor.log_path("go")
+        assert ends[2] == f"go did not stop within 1s; sent SIGQUIT for its stacks ({path}), then killing it"
+        assert ends[3].startswith("go stopped (code 2)")
+
+    asyncio.run(run())
+
+
 def test_children_die_when_the_supervisor_is_sigkilled(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
