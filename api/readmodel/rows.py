@@ -249,7 +249,7 @@ class Rows:
         for key in dict.fromkeys(key for key in keys if key not in changes.known):
             by_prefix.setdefault(key[:-1], []).append(key[-1])
         for prefix, lasts in by_prefix.items():
-            bound = {f"p_{name}": value for name, value in zip(statements.key, prefix, strict=False)}
+            bound = {f"p_{name}": value for name, value in zip(statements.key[:-1], prefix, strict=True)}
             for start in range(0, len(lasts), _PREFETCH_CHUNK):
                 chunk = lasts[start : start + _PREFETCH_CHUNK]
                 found = {
