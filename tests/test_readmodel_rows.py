@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import Connection, event, select
 
-from api.readmodel.database import create_engine, create_schema
+from api.readmodel.database import create_engine, create_schema, sqlite_writer
 from api.readmodel.rows import Rows
 from api.readmodel.tables import api_keys, deployment_instances, instance_adapters, owners
 
@@ -196,6 +196,21 @@ def test_prefetch_looks_rows_up_by_their_key_and_never_scans_the_table(tmp_path:
     for plan in plans:
         assert "SCAN owners" not in plan and "USING INDEX sqlite_autoindex_owners" in plan, plan
     assert len(plans) == 3  # one statement per aggregate type asked for, none per key
+
+
+def test_only_a_rebuild_gets_the_large_page_cache(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rm.db'}")
+    try:
+        caches = {}
+        for bulk in (True, False):
+            writer = sqlite_writer(engine, bulk=bulk)
+            assert writer is not None
+            with writer.connect() as conn:
+                caches[bulk] = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+            writer.dispose()
+    finally:
+        asyncio.run(engine.dispose())
+    assert caches == {True: -512 * 1024, False: -2000}  # KiB; -2000 is SQLite's own default
 
 
 def test_a_row_with_a_column_the_table_lacks_is_refused_by_name(tmp_path: Path) -> None:
