@@ -1,7 +1,7 @@
 """The embedded stack: SeaweedFS (S3) and Tansu (Kafka protocol, its log in S3) as child processes.
 
 Everything listens on 127.0.0.1 only; data lives under `settings.data_dir`:
-`s3/` (SeaweedFS), `logs/<child>.log`, `run/processes.json` and `run/lock`.
+`s3/` and `filer.toml` (SeaweedFS), `logs/<child>.log`, `run/processes.json` and `run/lock`.
 When KAFKA_BOOTSTRAP_SERVERS / S3_ENDPOINT are set, those services are used instead.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -39,6 +40,14 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 20
 _WEED_GRPC_OFFSET = 10_000
 # Variables the children would otherwise pick up from our environment and misbehave with.
 _WEED_ENV_DROP = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
+# SeaweedFS's filer keeps its metadata in LevelDB by default (`s3/filerldb2`). Tansu's log keeper deletes batch objects
+# from the front of each partition's directory, and LevelDB keeps a deleted key until a compaction reaches it (its
+# memtable alone holds 16 MiB), so every listing Tansu makes on a fetch walked more of them as history grew. A SQLite
+# filer store deletes the row: listings stay flat. WAL with NORMAL sync survives a crash of the process, as LevelDB's
+# unsynced writes do.
+_FILER_SQLITE = "filer.db"
+_FILER_SQLITE_PRAGMAS = "_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)"
+_FILER_LEVELDB = "filerldb2"
 _TANSU_ENV_DROP = (
     "CLUSTER_ID",
     "LISTENER_URL",
@@ -46,6 +55,15 @@ _TANSU_ENV_DROP = (
     "STORAGE_ENGINE",
     "SCHEMA_REGISTRY",
 )
+
+
+def filer_store_toml(s3_dir: Path) -> str:
+    """SeaweedFS's `filer.toml` for a data directory: SQLite, unless the directory already holds a LevelDB filer (a
+    data directory made by an earlier version keeps its store, since its objects are known only to it)."""
+    if (s3_dir / _FILER_LEVELDB).is_dir():
+        return f"[leveldb2]\nenabled = true\ndir = {json.dumps(str(s3_dir / _FILER_LEVELDB))}\n"
+    db = f"{s3_dir / _FILER_SQLITE}?{_FILER_SQLITE_PRAGMAS}"
+    return f"[leveldb2]\nenabled = false\n\n[sqlite]\nenabled = true\ndbFile = {json.dumps(db)}\n"
 
 
 def weed_binary() -> Path:
@@ -196,11 +214,15 @@ class LocalStack:
             ports["admin.grpc"] = ports["admin"] + _WEED_GRPC_OFFSET
         finally:
             picker.release()
+        s3_dir = self.data_dir / "s3"
+        s3_dir.mkdir(parents=True, exist_ok=True)
+        # SeaweedFS reads `filer.toml` from its working directory first.
+        (self.data_dir / "filer.toml").write_text(filer_store_toml(s3_dir))
         argv = [
             str(weed),
             "-logtostderr",  # into logs/seaweedfs.log, not glog files in /tmp
             "mini",
-            f"-dir={self.data_dir / 's3'}",
+            f"-dir={s3_dir}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
         ]

@@ -192,6 +192,10 @@ async def _restart_keeps_data(data_dir: Path) -> None:
     finally:
         await stack.stop()
 
+    # A new data directory gets the SQLite filer store, never LevelDB's (see infra/local_stack.py).
+    assert (data_dir / "s3" / "filer.db").is_file()
+    assert not (data_dir / "s3" / "filerldb2").exists()
+
     again = LocalStack(_settings(data_dir), log=lambda _: None)
     try:
         env = await again.start_services()
@@ -205,6 +209,35 @@ async def _restart_keeps_data(data_dir: Path) -> None:
             response.release_conn()
     finally:
         await again.stop()
+
+
+def test_a_data_dir_with_a_leveldb_filer_keeps_it_and_its_objects(tmp_path: Path) -> None:
+    asyncio.run(_leveldb_filer_kept(tmp_path / "data"))
+
+
+async def _leveldb_filer_kept(data_dir: Path) -> None:
+    # Data directories made before the SQLite filer store hold SeaweedFS's default LevelDB one, which alone knows
+    # their objects: the stack must go on using it.
+    leveldb = data_dir / "s3" / "filerldb2"
+    leveldb.mkdir(parents=True)
+    marker = uuid.uuid4().hex.encode()
+    for attempt in range(2):
+        stack = LocalStack(_settings(data_dir), log=lambda _: None)
+        try:
+            env = await stack.start_services()
+            client = make_client(_settings(data_dir, s3_endpoint=env["S3_ENDPOINT"]))
+            if attempt == 0:
+                await asyncio.to_thread(client.put_object, env["S3_BUCKET"], "kept", io.BytesIO(marker), len(marker))
+            response = await asyncio.to_thread(client.get_object, env["S3_BUCKET"], "kept")
+            try:
+                assert response.read() == marker
+            finally:
+                response.close()
+                response.release_conn()
+        finally:
+            await stack.stop()
+        assert any(leveldb.glob("*/CURRENT")), "SeaweedFS did not keep its filer in LevelDB"
+        assert not (data_dir / "s3" / "filer.db").exists()
 
 
 def test_second_stack_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
