@@ -87,6 +87,16 @@ async def _eventually(check: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _object(data_dir: Path, env: dict[str, str], name: str) -> bytes:
+    client = make_client(_settings(data_dir, s3_endpoint=env["S3_ENDPOINT"]))
+    response = await asyncio.to_thread(client.get_object, env["S3_BUCKET"], name)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
 async def _read_all(bootstrap: str, topic: str, partition: int) -> list[bytes]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
@@ -200,13 +210,7 @@ async def _restart_keeps_data(data_dir: Path) -> None:
     try:
         env = await again.start_services()
         assert marker in await _read_all(env["KAFKA_BOOTSTRAP_SERVERS"], DEADLETTER.name, 0)
-        client = make_client(_settings(data_dir, s3_endpoint=env["S3_ENDPOINT"]))
-        response = await asyncio.to_thread(client.get_object, env["S3_BUCKET"], "kept")
-        try:
-            assert response.read() == marker
-        finally:
-            response.close()
-            response.release_conn()
+        assert await _object(data_dir, env, "kept") == marker
     finally:
         await again.stop()
 
@@ -228,12 +232,7 @@ async def _leveldb_filer_kept(data_dir: Path) -> None:
             client = make_client(_settings(data_dir, s3_endpoint=env["S3_ENDPOINT"]))
             if attempt == 0:
                 await asyncio.to_thread(client.put_object, env["S3_BUCKET"], "kept", io.BytesIO(marker), len(marker))
-            response = await asyncio.to_thread(client.get_object, env["S3_BUCKET"], "kept")
-            try:
-                assert response.read() == marker
-            finally:
-                response.close()
-                response.release_conn()
+            assert await _object(data_dir, env, "kept") == marker
         finally:
             await stack.stop()
         assert any(leveldb.glob("*/CURRENT")), "SeaweedFS did not keep its filer in LevelDB"
