@@ -79,7 +79,7 @@ async def concurrently(count: int, one: Callable[[], Awaitable[float]]) -> Run:
     return Run(time.perf_counter() - began, latencies)
 
 
-async def raw(settings: Settings, count: int) -> tuple[Run, Run]:
+async def raw(settings: Settings, count: int, stack: Stack) -> tuple[Run, Run]:
     topic = TopicSpec(f"bench.raw.{uuid.uuid4().hex[:8]}", partitions=COMMANDS.partitions)
     await ensure_topics(settings.require_kafka(), [topic])
     producer = make_producer(settings)
@@ -92,8 +92,10 @@ async def raw(settings: Settings, count: int) -> tuple[Run, Run]:
             return time.perf_counter() - began
 
         await concurrently(200, send)  # warm up: metadata, connections
+        before = cpu_by_process(stack)
         throughput = await concurrently(count, send)
         print(throughput.line("raw produce, 32 concurrent", "messages"), flush=True)
+        print_cpu(before, cpu_by_process(stack), throughput, "message")
 
         consumer = make_consumer(settings)  # the decision path's fetch wait (the stack's, below)
         await consumer.start()
@@ -152,7 +154,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
     settings = Settings.model_validate(
         {"kafka_bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"], "kafka_fetch_max_wait_ms": 20}
     )
-    throughput, trips = await raw(settings, args.raw)
+    throughput, trips = await raw(settings, args.raw, stack)
     print(trips.line("raw round trip, 32 concurrent", "messages"), flush=True)
 
     key = stack.issue_key("admin", "bench")
@@ -164,7 +166,7 @@ async def run(stack: Stack, args: argparse.Namespace) -> None:
         before = cpu_by_process(stack)
         pipeline = await creates(api, args.commands)
         print(pipeline.line("pipeline, 32 concurrent clients", "commands"), flush=True)
-        print_cpu(before, cpu_by_process(stack), pipeline)
+        print_cpu(before, cpu_by_process(stack), pipeline, "command")
         print(f"throughput ratio pipeline / raw: {pipeline.rate / throughput.rate:.3f} (goal >= 0.25)")
         print(f"p99 ratio pipeline / raw round trip: {pipeline.pct(99) / trips.pct(99):.2f} (goal <= 5)", flush=True)
 
@@ -209,15 +211,15 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
-def print_cpu(before: dict[str, float], after: dict[str, float], run: Run) -> None:
-    """Where the CPU of the pipeline's run went: each process's share of one core over the run's wall time."""
+def print_cpu(before: dict[str, float], after: dict[str, float], run: Run, unit: str) -> None:
+    """Where the CPU of a run went: each process's share of one core over the run's wall time, and a `unit`'s."""
     used = cpu_used(before, after)
     total = sum(used.values())
     print(f"CPU over the run ({run.seconds:.1f} s wall, {os.cpu_count()} cores): {total:.1f} s in all")
     for name, seconds in sorted(used.items(), key=lambda item: -item[1]):
         if seconds >= 0.05 * run.seconds:
             per_command = seconds / len(run.latencies) * 1000
-            print(f"  {name}: {seconds:.1f} s ({seconds / run.seconds:.0%} of a core, {per_command:.1f} ms a command)")
+            print(f"  {name}: {seconds:.1f} s ({seconds / run.seconds:.0%} of a core, {per_command:.2f} ms a {unit})")
 
 
 def cpu_a_command(before: dict[str, float], after: dict[str, float], commands: int) -> str:
