@@ -161,12 +161,50 @@ def contiguous_end(segments: Iterable[Segment]) -> int:
     return end
 
 
+def covered(segments: Iterable[Segment]) -> list[Segment]:
+    """The segments whose records another segment holds too (a merge stored, its parts not yet removed)."""
+    out, reach = [], -1
+    for segment in sorted(segments, key=lambda s: (s.first, -s.end)):
+        if segment.end <= reach:
+            out.append(segment)
+        else:
+            reach = segment.end
+    return out
+
+
+def merge_plan(segments: Sequence[Segment], max_records: int, min_run: int) -> list[Segment]:
+    """The first run of at least `min_run` contiguous segments (in offset order, none covering another) that together
+    hold at most `max_records`, taken greedily from the oldest; empty when there is none. The keeper stores a segment
+    per round, a few hundred records each, so without merging a long-lived archive holds thousands of small objects,
+    and a reader from offset 0 pays a request for each."""
+    need = max(2, min_run)  # a "run" of one would be stored under its own key, then removed
+    run: list[Segment] = []
+    held = 0
+    for segment in sorted(segments):
+        size = segment.end - segment.first
+        if run and segment.first == run[-1].end and held + size <= max_records:
+            run.append(segment)
+            held += size
+            continue
+        if len(run) >= need:
+            return run
+        run, held = ([segment], size) if size < max_records else ([], 0)
+    return run if len(run) >= need else []
+
+
+@dataclass(frozen=True)
+class Compaction:
+    merged: int  # small segments merged into one
+    removed_covered: int  # segments removed because another held their records
+
+
 class LogArchive:
     def __init__(self, client: Minio, bucket: str) -> None:
         self._client = client
         self._bucket = bucket
         # The segment each partition was last read from: a reader goes through a segment in several reads.
         self._cached: dict[TopicPartition, tuple[Segment, list[ConsumerRecord[bytes, bytes]]]] = {}
+        self._listed: dict[TopicPartition, list[Segment]] = {}  # each partition's segments when last listed
 
     def segments(self, tp: TopicPartition) -> list[Segment]:
         """Every segment of the partition, in offset order."""
@@ -197,19 +235,52 @@ class LogArchive:
         `start` has, at most `limit`; empty when no segment holds `start`."""
         cached = self._cached.get(tp)
         if cached is None or not cached[0].first <= start < cached[0].end:
-            holding = [s for s in self.segments(tp) if s.first <= start < s.end]
-            if not holding:
+            found = self._load(tp, start)
+            if found is None:
                 return []
-            segment = max(holding, key=lambda s: s.end)  # overlapping segments hold the same records
-            response = self._client.get_object(self._bucket, segment.key)
-            try:
-                cached = (segment, decode_segment(tp, response.read()))
-            finally:
-                response.close()
-                response.release_conn()
-            self._cached[tp] = cached
+            cached = self._cached[tp] = found
         segment, records = cached
         stop = min(until, segment.end)
         if limit is not None:
             stop = min(stop, start + limit)
         return records[start - segment.first : stop - segment.first]
+
+    def _load(self, tp: TopicPartition, start: int) -> tuple[Segment, list[ConsumerRecord[bytes, bytes]]] | None:
+        """The segment holding `start` and its records. The partition's listing is kept: a reader goes from segment
+        to segment, and listing them all for each would cost the square of their number. It is listed again when it
+        lacks `start` (written since) or names a segment that is gone (merged since, `compact`)."""
+        for relist in (False, True):
+            if relist or tp not in self._listed:
+                self._listed[tp] = self.segments(tp)
+            holding = [s for s in self._listed[tp] if s.first <= start < s.end]
+            if not holding:
+                continue
+            segment = max(holding, key=lambda s: s.end)  # overlapping segments hold the same records
+            try:
+                return segment, self._records(tp, segment)
+            except S3Error as exc:
+                if exc.code != "NoSuchKey" or relist:
+                    raise
+        return None
+
+    def _records(self, tp: TopicPartition, segment: Segment) -> list[ConsumerRecord[bytes, bytes]]:
+        response = self._client.get_object(self._bucket, segment.key)
+        try:
+            return decode_segment(tp, response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    def compact(self, tp: TopicPartition, max_records: int, min_run: int) -> Compaction:
+        """Remove segments another one covers (left by a merge cut short), then merge one run of small segments
+        (`merge_plan`). The merged segment is stored before the ones it replaces are removed, so a reader finds
+        every record at any moment; one that listed before finds the merged segment when it lists again."""
+        segments = self.segments(tp)
+        stale = covered(segments)
+        live = [segment for segment in segments if segment not in stale]
+        group = merge_plan(live, max_records, min_run)
+        if group:
+            self.put(tp, [record for segment in group for record in self._records(tp, segment)])
+        for segment in [*stale, *group]:
+            self._client.remove_object(self._bucket, segment.key)
+        return Compaction(merged=len(group), removed_covered=len(stale))

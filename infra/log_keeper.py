@@ -5,7 +5,8 @@ a partition's history grows (`../shared/notes/tansu.md`). Every `LORAPLANE_LOG_K
 each partition that holds more than twice `LORAPLANE_LOG_KEEP_BATCHES` objects and:
 - `loraplane.events` (the log of record): copies the records below the newest `keep` batches to archive segments in
   the broker's bucket (`infra.log_archive`), and only once they are stored deletes those batches. Readers find the
-  archived stretch there (`infra.archive_consumer`), so the log still reads from offset 0.
+  archived stretch there (`infra.archive_consumer`), so the log still reads from offset 0. Each round stores a small
+  segment; once `MERGE_RUN` of them lie in a row they are merged into one of up to `SEGMENT_RECORDS`.
 - `loraplane.commands`: deletes the batches whose commands the worker group has committed (decided and acked;
   the decisions are events). Nothing archives them: they are requests, not the record.
 Run by `loraplane up` when it runs the broker; never against a real Kafka, whose fetches do not list.
@@ -33,15 +34,17 @@ from streams.topics import COMMANDS, EVENTS
 _log = logging.getLogger(__name__)
 
 SEGMENT_RECORDS = 5_000  # the most records one archive segment holds (a reader holds one per partition decoded)
+MERGE_RUN = 8  # small segments in a row that are merged into one (`LogArchive.compact`)
 
 
 @dataclass
 class KeeperRound:
     archived: dict[TopicPartition, int] = field(default_factory=dict)  # records written to the archive
+    merged: dict[TopicPartition, int] = field(default_factory=dict)  # small archive segments merged into one
     deleted: dict[TopicPartition, int] = field(default_factory=dict)  # batch objects deleted from the broker
 
     def __bool__(self) -> bool:
-        return bool(self.archived or self.deleted)
+        return bool(self.archived or self.merged or self.deleted)
 
 
 class LogKeeper:
@@ -60,7 +63,12 @@ class LogKeeper:
             try:
                 done = await self.keep_once()
                 if done:
-                    _log.debug("log keeper: archived %s, deleted batches %s", done.archived, done.deleted)
+                    _log.debug(
+                        "log keeper: archived %s, merged segments %s, deleted batches %s",
+                        done.archived,
+                        done.merged,
+                        done.deleted,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -94,40 +102,13 @@ class LogKeeper:
                 # The broker no longer holds what the archive lacks: never trim past a hole.
                 _log.error("log keeper: %s lacks offsets %d-%d; not trimming it", tp, archived_end, bases[0] - 1)
                 return
-            written = await self._archive_range(tp, archived_end, cut)
+            written = await archive_range(self._broker_only, self._archive, tp, archived_end, cut)
             done.archived[tp] = written
             archived_end += written
+            compaction = await asyncio.to_thread(self._archive.compact, tp, SEGMENT_RECORDS, MERGE_RUN)
+            if compaction.merged:
+                done.merged[tp] = compaction.merged
         await self._delete(tp, batches_to_delete(bases, archived_end, self._keep), done)
-
-    async def _archive_range(self, tp: TopicPartition, start: int, end: int) -> int:
-        """Copy the broker's records [start, end) of `tp` to archive segments; how many were stored."""
-        consumer = make_bulk_consumer(self._broker_only, auto_offset_reset="none")
-        await consumer.start()
-        stored = 0
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            pending: list[ConsumerRecord[Any, Any]] = []
-            position = start
-            while position < end:
-                batches = await consumer.getmany(tp, timeout_ms=2 * self._settings.kafka_bulk_fetch_max_wait_ms + 1000)
-                for record in batches.get(tp, []):
-                    if record.offset >= end:
-                        break
-                    if record.offset != position:
-                        raise RuntimeError(f"{tp} jumps from offset {position} to {record.offset}: not archiving it")
-                    pending.append(record)
-                    position += 1
-                    if len(pending) == SEGMENT_RECORDS:
-                        await asyncio.to_thread(self._archive.put, tp, pending)
-                        stored += len(pending)
-                        pending = []
-            if pending:
-                await asyncio.to_thread(self._archive.put, tp, pending)
-                stored += len(pending)
-        finally:
-            await stop_quietly(consumer)
-        return stored
 
     async def _delete(self, tp: TopicPartition, bases: list[int], done: KeeperRound) -> None:
         if bases:
@@ -151,3 +132,42 @@ class LogKeeper:
             return out
         finally:
             await stop_quietly(consumer)
+
+
+async def archive_range(
+    settings: Settings,
+    archive: LogArchive,
+    tp: TopicPartition,
+    start: int,
+    end: int,
+    segment_records: int = SEGMENT_RECORDS,
+) -> int:
+    """Copy the broker's records [start, end) of `tp` to archive segments of up to `segment_records`; how many were
+    stored. `settings` must read the broker itself (`log_archive` off), never through the archive it writes."""
+    consumer = make_bulk_consumer(settings, auto_offset_reset="none")
+    await consumer.start()
+    stored = 0
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        pending: list[ConsumerRecord[Any, Any]] = []
+        position = start
+        while position < end:
+            batches = await consumer.getmany(tp, timeout_ms=2 * settings.kafka_bulk_fetch_max_wait_ms + 1000)
+            for record in batches.get(tp, []):
+                if record.offset >= end:
+                    break
+                if record.offset != position:
+                    raise RuntimeError(f"{tp} jumps from offset {position} to {record.offset}: not archiving it")
+                pending.append(record)
+                position += 1
+                if len(pending) == segment_records:
+                    await asyncio.to_thread(archive.put, tp, pending)
+                    stored += len(pending)
+                    pending = []
+        if pending:
+            await asyncio.to_thread(archive.put, tp, pending)
+            stored += len(pending)
+    finally:
+        await stop_quietly(consumer)
+    return stored

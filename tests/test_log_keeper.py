@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from infra.kafka import read_from_start
 from infra.log_archive import LogArchive
@@ -141,6 +141,55 @@ def test_the_keeper_trims_the_broker_and_every_reader_still_reads_the_whole_log(
     assert f"replayed {len(records)} events" in replayed.stdout
     with sqlite3.connect(rebuilt) as db:
         assert names <= {row[0] for row in db.execute("SELECT name FROM workspaces")}
+
+
+def _read_archive(archive: LogArchive, tp: TopicPartition, end: int) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record from offset 0 to `end`, as a reader goes: segment after segment."""
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    while len(out) < end:
+        got = archive.read(tp, len(out), end, limit=7)
+        assert got, f"nothing archived at offset {len(out)} of {tp}"
+        out += got
+    return out
+
+
+def test_small_segments_merge_and_a_reader_that_listed_before_still_reads_each_record_once(kept: Stack) -> None:
+    settings = kept.settings()
+    tp = TopicPartition(f"archive-merge-{uuid.uuid4().hex[:6]}", 0)
+    writer = LogArchive(make_client(settings), settings.broker_log_bucket)
+    records = [
+        ConsumerRecord(tp.topic, 0, offset, 1_700_000_000_000 + offset, 0, b"k", f"v{offset}".encode(), None, 1, 4, [])
+        for offset in range(240)
+    ]
+    for first in range(0, 200, 20):  # ten rounds of the keeper, a small segment each
+        writer.put(tp, records[first : first + 20])
+    reader = LogArchive(make_client(settings), settings.broker_log_bucket)
+    assert [r.value for r in reader.read(tp, 0, 200)] == [r.value for r in records[:20]]  # it listed ten segments
+
+    done = writer.compact(tp, max_records=5_000, min_run=8)
+    assert (done.merged, done.removed_covered) == (10, 0)
+    assert [(s.first, s.end) for s in writer.segments(tp)] == [(0, 200)]
+    # the reader's listing names segments that are gone now: it lists again and reads on from the merged one
+    assert [r.value for r in _read_archive(reader, tp, 200)] == [r.value for r in records[:200]]
+
+    # a merge cut short between storing the merged segment and removing its parts: each record is read once all the
+    # same, and the next compaction removes the parts
+    writer.put(tp, records[200:220])
+    writer.put(tp, records[220:240])
+    writer.put(tp, records[200:240])
+    fresh = LogArchive(make_client(settings), settings.broker_log_bucket)
+    assert [r.offset for r in _read_archive(fresh, tp, 240)] == list(range(240))
+    done = writer.compact(tp, max_records=5_000, min_run=8)
+    assert (done.merged, done.removed_covered) == (0, 2)
+    assert [(s.first, s.end) for s in writer.segments(tp)] == [(0, 200), (200, 240)]
+    merged = writer.compact(tp, max_records=5_000, min_run=2)
+    assert merged.merged == 2
+    assert [(s.first, s.end) for s in writer.segments(tp)] == [(0, 240)]
+    again = LogArchive(make_client(settings), settings.broker_log_bucket)
+    back = _read_archive(again, tp, 240)
+    assert [(r.offset, r.timestamp, r.key, r.value) for r in back] == [
+        (r.offset, r.timestamp, r.key, r.value) for r in records
+    ]
 
 
 def test_a_worker_and_a_read_model_starting_from_nothing_fold_the_archived_log(kept: Stack) -> None:

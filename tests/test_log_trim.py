@@ -12,8 +12,10 @@ from infra.log_archive import (
     ArchiveError,
     Segment,
     contiguous_end,
+    covered,
     decode_segment,
     encode_segment,
+    merge_plan,
     parse_segment_key,
     segment_key,
 )
@@ -92,3 +94,35 @@ def test_segment_keys_and_how_far_segments_reach_from_zero() -> None:
     assert contiguous_end([Segment(0, 10, "a"), Segment(11, 25, "b")]) == 10
     assert contiguous_end([Segment(3, 10, "a")]) == 0
     assert contiguous_end([]) == 0
+
+
+def segments(*ranges: tuple[int, int]) -> list[Segment]:
+    return [Segment(first, end, segment_key(TP, first, end)) for first, end in ranges]
+
+
+def test_a_run_of_small_segments_is_merged_from_the_oldest_once_it_is_long_enough() -> None:
+    small = segments((0, 10), (10, 20), (20, 30), (30, 40))
+    assert merge_plan(small, max_records=100, min_run=4) == small
+    assert merge_plan(small, max_records=100, min_run=5) == []  # not yet: the keeper adds one a round
+    assert merge_plan(small, max_records=30, min_run=2) == small[:3]  # as many as fit
+    assert merge_plan(list(reversed(small)), max_records=100, min_run=4) == small  # in offset order
+
+
+def test_full_segments_and_holes_end_a_run_and_a_run_of_one_is_never_merged() -> None:
+    assert merge_plan(segments((0, 100), (100, 110), (110, 120)), max_records=100, min_run=2) == segments(
+        (100, 110), (110, 120)
+    )
+    assert merge_plan(segments((0, 10), (11, 20), (20, 30)), max_records=100, min_run=2) == segments((11, 20), (20, 30))
+    assert merge_plan(segments((0, 90), (90, 100), (100, 150)), max_records=100, min_run=2) == segments(
+        (0, 90), (90, 100)
+    )
+    # one segment merged "into one" would be stored under its own key and then removed
+    assert merge_plan(segments((0, 10)), max_records=100, min_run=1) == []
+    assert merge_plan(segments((0, 60), (60, 120)), max_records=100, min_run=1) == []
+
+
+def test_segments_another_holds_are_found_whatever_their_order() -> None:
+    merged, first, second, later = segments((0, 20), (0, 10), (10, 20), (20, 30))
+    assert sorted(covered([second, later, merged, first])) == sorted([first, second])
+    assert covered([first, second, later]) == []
+    assert covered([]) == []
