@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -239,22 +240,28 @@ async def read_to_end(
 
     The end comes from fetch responses' high watermark, not from ListOffsets: Tansu's answer to
     ListOffsets(LATEST) was seen stuck at an old offset for every client while fetches (and their
-    high watermark) were right. A read ends when a fetch brings nothing and every position has
-    reached the high watermark that fetch reported.
+    high watermark) were right. A partition is read once its position reaches the high watermark of
+    a fetch answered after the read began; that needs no fetch to come back empty first, so a read
+    already at the end takes one fetch wait, not two.
     """
-    idle_ms = 2 * fetch_max_wait_ms + 100
+    began_ms = int(1000 * time.time())  # aiokafka's clock for a fetch answer (`last_poll_timestamp`)
+    poll_ms = fetch_max_wait_ms + 100
     remaining = list(partitions)
     while remaining:
-        batches = await consumer.getmany(*remaining, timeout_ms=idle_ms, max_records=max_records)
+        batches = await consumer.getmany(*remaining, timeout_ms=poll_ms, max_records=max_records)
         for tp, records in batches.items():
             if records:
                 result = on_records(tp, records)
                 if result is not None:
                     await result
-        if not any(batches.values()):
-            remaining = [
-                tp for tp in remaining if (high := consumer.highwater(tp)) is None or await consumer.position(tp) < high
-            ]
+        remaining = [tp for tp in remaining if not await _read_to_high_watermark(consumer, tp, began_ms)]
+
+
+async def _read_to_high_watermark(consumer: AIOKafkaConsumer, tp: TopicPartition, since_ms: int) -> bool:
+    high, answered = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+    if high is None or answered is None or answered < since_ms:
+        return False
+    return bool(await consumer.position(tp) >= high)
 
 
 async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
