@@ -6,13 +6,16 @@ SeaweedFS, `LocalStack.start_services`, in a temporary directory: no API or agen
   1. writes N realistic events (`tests/event_history.py`: workspaces, API keys, adapters, seed 004 files,
      deployments placed, started and deleted with adapters loaded, gateway usage, rejections; the real payloads in
      the real envelopes) straight to a fresh `loraplane.events`, keyed and partitioned as `infra.kafka.publish`
-     does, in record batches of `--batch` records (Tansu stores one S3 object per batch);
+     does, in record batches of `--batch` records (Tansu stores one S3 object per batch). With `--archive-segment N`,
+     all but the newest batches of each partition then go to archive segments of N records and leave the broker, the
+     state a long-lived `loraplane up` leaves (its log keeper stores a segment a round), so every read below goes
+     through the archive, the raw one too (`--merge`: the segments merged as the keeper merges them);
   2. raw: a plain aiokafka consumer, the replay's fetch settings, reads every partition from offset 0 to its end and
      decodes nothing (the baseline);
   3. `loraplane replay --database-url sqlite+aiosqlite:///...` as a subprocess, its own figure and the wall time;
   4. the worker's start-up (`EventLogFollower.start()` folding every aggregate of `agents.app`) and the node agent's
-     (the cluster and deployments), each twice: once folding the log (and, with snapshots on, writing one:
-     LORAPLANE_SNAPSHOT_EVERY), then again (with a snapshot, the tail only).
+     (the cluster and deployments), each twice and each in a fresh process, as a restart is: once folding the log
+     (and, with snapshots on, writing one: LORAPLANE_SNAPSHOT_EVERY), then again (with a snapshot, the tail only).
 Goals (issue 10): replay >= 20,000 events/s; start-up with snapshots <= 5 s at 1M events. Writing 1M events took
 75 s on a quiet machine here, 86% of it building and encoding the pydantic envelopes; the whole default run about
 ten minutes. `--events 100000` is a quick run.
@@ -22,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
+import json
 import logging
 import os
 import random
@@ -47,9 +50,39 @@ from agents.event_log import EventLogFollower
 from agents.state import AgentState
 from infra.kafka import make_bulk_consumer, read_to_end, stop_quietly
 from infra.local_stack import LocalStack
+from infra.log_archive import LogArchive
+from infra.log_keeper import MERGE_RUN, SEGMENT_RECORDS, archive_range
+from infra.s3 import make_client
 from infra.settings import Settings
+from infra.tansu_objects import batch_bases, delete_batches
 from streams.topics import EVENTS
 from tests.event_history import History, write_log
+
+ARCHIVE_KEEP = 2  # batches each partition keeps on the broker with --archive-segment
+
+
+async def archive_log(settings: Settings, segment_records: int, merge: bool) -> tuple[int, int]:
+    """Leave the log as a long-lived `loraplane up` does: each partition's records below its newest `ARCHIVE_KEEP`
+    batches in archive segments of `segment_records` (its keeper stores one a round, a few hundred records), those
+    batches deleted from the broker; with `merge`, the segments merged as the keeper merges them over time. (segment
+    objects left, batches deleted)"""
+    client = make_client(settings)
+    bucket = settings.broker_log_bucket
+    archive = LogArchive(client, bucket)
+    broker_only = settings.model_copy(update={"log_archive": False})
+    deleted = 0
+    for partition in range(EVENTS.partitions):
+        tp = TopicPartition(EVENTS.name, partition)
+        bases = await asyncio.to_thread(batch_bases, client, bucket, tp)
+        if len(bases) <= ARCHIVE_KEEP:
+            continue
+        cut = bases[-ARCHIVE_KEEP]
+        await archive_range(broker_only, archive, tp, 0, cut, segment_records)
+        deleted += await asyncio.to_thread(delete_batches, client, bucket, tp, bases[:-ARCHIVE_KEEP])
+        while merge and (await asyncio.to_thread(archive.compact, tp, SEGMENT_RECORDS, MERGE_RUN)).merged:
+            pass
+    segments = sum(len(archive.segments(TopicPartition(EVENTS.name, p))) for p in range(EVENTS.partitions))
+    return segments, deleted
 
 
 async def read_raw(settings: Settings) -> tuple[int, float]:
@@ -103,9 +136,6 @@ async def time_start(settings: Settings, aggregates: dict[str, Any], who: str) -
     """(wall seconds, CPU seconds of this process, aggregates folded). Snapshots under `snapshots/<who>/` as the
     worker's and the node agent's own (off with LORAPLANE_SNAPSHOT_EVERY=0); stop() waits for one being written."""
     follower = EventLogFollower(settings, AgentState(aggregates), snapshots_as=who)
-    # A restarted worker is a fresh process: collect what the start-up before left (its state, 10M objects at 1M
-    # events) here rather than at some moment of the timed one.
-    gc.collect()
     cpu, started = time.process_time(), time.perf_counter()
     await follower.start()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -113,15 +143,35 @@ async def time_start(settings: Settings, aggregates: dict[str, Any], who: str) -
     return elapsed, cpu, len(follower.state.entries)
 
 
-async def start_ups(settings: Settings) -> dict[str, list[tuple[float, float, int]]]:
-    kinds = {
-        "worker": ("worker", {a.name: a for a in AGGREGATES}),
-        "node agent": ("node-bench", {CLUSTER.name: CLUSTER, DEPLOYMENTS.name: DEPLOYMENTS}),
-    }
-    return {
-        kind: [await time_start(settings, aggregates, who) for _ in range(2)]
-        for kind, (who, aggregates) in kinds.items()
-    }
+START_UPS = {
+    "worker": ("worker", {a.name: a for a in AGGREGATES}),
+    "node agent": ("node-bench", {CLUSTER.name: CLUSTER, DEPLOYMENTS.name: DEPLOYMENTS}),
+}
+
+
+def start_ups() -> dict[str, list[tuple[float, float, int]]]:
+    """Each start-up twice, each in a process of its own as a restarted worker or node agent is (`--start-up`):
+    a process that has just dropped a state of millions of objects allocates the next one more slowly."""
+    out: dict[str, list[tuple[float, float, int]]] = {}
+    for kind in START_UPS:
+        for _ in range(2):
+            done = subprocess.run(
+                [sys.executable, __file__, "--start-up", kind], capture_output=True, text=True, timeout=3600
+            )
+            sys.stdout.write(done.stderr)  # what the start-up logged of itself
+            if done.returncode != 0:
+                raise SystemExit(f"the {kind} start-up failed ({done.returncode})")
+            found = json.loads(done.stdout.strip().splitlines()[-1])
+            out.setdefault(kind, []).append((found["wall"], found["cpu"], found["aggregates"]))
+    return out
+
+
+def start_up(kind: str) -> int:
+    """One start-up of `kind` against the stack in this process's environment; its figures as a JSON line."""
+    who, aggregates = START_UPS[kind]
+    wall, cpu, folded = asyncio.run(time_start(Settings(), aggregates, who))
+    print(json.dumps({"wall": wall, "cpu": cpu, "aggregates": folded}))
+    return 0
 
 
 async def services(data_dir: Path) -> tuple[LocalStack, dict[str, str]]:
@@ -135,20 +185,33 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the log (default 1,000,000)")
     parser.add_argument("--batch", type=int, default=500, help="records per record batch written (default 500)")
     parser.add_argument("--seed", type=int, default=20_261_128)
+    parser.add_argument("--start-up", choices=sorted(START_UPS), help=argparse.SUPPRESS)  # one, in a child process
+    parser.add_argument(
+        "--archive-segment",
+        type=int,
+        default=0,
+        help="archive all but the newest batches of each partition in segments of this many records, as the log"
+        " keeper does, so the reads go through the archive (default 0: the log stays on the broker)",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="with --archive-segment: merge the segments as the keeper does"
+    )
     args = parser.parse_args()
     # What the start-ups say of themselves: the snapshot loaded (and how long that took), the events folded.
     logging.basicConfig(format="  %(name)s: %(message)s")
     for name in ("agents.event_log", "agents.snapshotting"):
         logging.getLogger(name).setLevel(logging.INFO)
+    if args.start_up:
+        return start_up(args.start_up)
     with tempfile.TemporaryDirectory(prefix="loraplane-bench-") as tmp:
-        return asyncio.run(run(Path(tmp), args.events, args.batch, args.seed))
+        return asyncio.run(run(Path(tmp), args.events, args.batch, args.seed, args.archive_segment, args.merge))
 
 
 def _written(done: int) -> None:
     print(f"  {done:,} events written", flush=True)
 
 
-async def run(work: Path, events: int, batch: int, seed: int) -> int:
+async def run(work: Path, events: int, batch: int, seed: int, archive_segment: int, merge: bool) -> int:
     stack, env = await services(work / "data")
     try:
         os.environ.update(env)
@@ -157,12 +220,19 @@ async def run(work: Path, events: int, batch: int, seed: int) -> int:
         history = itertools.islice(History(random.Random(seed)).events(), events)
         build, wrote, batches = await write_log(env["KAFKA_BOOTSTRAP_SERVERS"], history, batch, _written)
         print(f"  written in {wrote:.1f}s ({build:.1f}s building and encoding), {batches:,} record batches")
+        if archive_segment:
+            began = time.perf_counter()
+            segments, deleted = await archive_log(settings, archive_segment, merge)
+            print(
+                f"  archived in {time.perf_counter() - began:.1f}s: {segments:,} segment objects"
+                f" ({archive_segment} records each{', merged' if merge else ''}), {deleted:,} batches left the broker"
+            )
 
         raw_count, raw_s = await read_raw(settings)
         replayed, replay_s, replay_wall, replay_cpu = await asyncio.to_thread(
             run_replay, dict(os.environ), work / "rebuilt.db"
         )
-        folds = await start_ups(settings)
+        folds = await asyncio.to_thread(start_ups)
     finally:
         # Stopping the broker under aiokafka's background tasks makes them log every failed reconnect.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
