@@ -122,6 +122,16 @@ def _signal_child(stack: Stack, child: str, sig: signal.Signals) -> int:
     return pid
 
 
+def _accepts(address: str) -> bool:
+    """Whether something listens at `host:port`."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def _timed_write(client: Api, name: str) -> tuple[httpx.Response, float]:
     began = time.monotonic()
     answer = client.post("/v2/workspaces", json={"name": name})
@@ -202,7 +212,9 @@ def test_broker_killed_with_a_thousand_commands_in_flight(client: Api, running: 
     while stack.pids().get("tansu") in (None, tansu):
         answer, seconds = _timed_write(client, f"{prefix}-during-{len(during)}")
         during.append((answer.status_code, seconds))
-    # It restarts within a second: hold the new one stopped for a while, so the outage is long enough to be felt.
+    # It restarts within a second: hold the new one stopped for a while, so the outage is long enough to be felt. Only
+    # once it listens: stopped before it binds its port, it would refuse the reads made right after it goes on.
+    wait_until(lambda: _accepts(stack.bootstrap), timeout=30, message="the restarted broker to listen")
     restarted = _signal_child(stack, "tansu", signal.SIGSTOP)
     try:
         held: list[tuple[int, float]] = []
