@@ -150,8 +150,7 @@ START_UPS = {
 
 
 def start_ups() -> dict[str, list[tuple[float, float, int]]]:
-    """Each start-up twice, each in a process of its own as a restarted worker or node agent is (`--start-up`):
-    a process that has just dropped a state of millions of objects allocates the next one more slowly."""
+    """Each start-up twice, each in a process of its own (`--start-up`), as a restarted worker or node agent is."""
     out: dict[str, list[tuple[float, float, int]]] = {}
     for kind in START_UPS:
         for _ in range(2):
