@@ -100,7 +100,7 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> None:
         await admin.close()
 
 
-async def _tcp_reachable(bootstrap: str, limit: float) -> bool:
+async def tcp_reachable(bootstrap: str, limit: float) -> bool:
     """Does any bootstrap address accept a TCP connection? (aiokafka logs an error per refusal.)"""
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
@@ -116,7 +116,7 @@ async def _tcp_reachable(bootstrap: str, limit: float) -> bool:
 
 
 async def _probe(bootstrap: str, limit: float) -> None:
-    if not await _tcp_reachable(bootstrap, limit):
+    if not await tcp_reachable(bootstrap, limit):
         raise ConnectionError(f"nothing accepts connections at {bootstrap}")
     admin = _admin(bootstrap, request_timeout_ms=int(limit * 1000))
     try:

@@ -9,6 +9,7 @@ measured (`pytest -s` shows it).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import io
@@ -29,6 +30,7 @@ import psutil
 import pytest
 
 import streams.catalog  # noqa: F401
+from infra.kafka_admin import tcp_reachable
 from infra.s3 import make_client
 from infra.s3_objects import object_exists
 from infra.settings import Settings
@@ -122,16 +124,6 @@ def _signal_child(stack: Stack, child: str, sig: signal.Signals) -> int:
     return pid
 
 
-def _accepts(address: str) -> bool:
-    """Whether something listens at `host:port`."""
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _timed_write(client: Api, name: str) -> tuple[httpx.Response, float]:
     began = time.monotonic()
     answer = client.post("/v2/workspaces", json={"name": name})
@@ -214,7 +206,9 @@ def test_broker_killed_with_a_thousand_commands_in_flight(client: Api, running: 
         during.append((answer.status_code, seconds))
     # It restarts within a second: hold the new one stopped for a while, so the outage is long enough to be felt. Only
     # once it listens: stopped before it binds its port, it would refuse the reads made right after it goes on.
-    wait_until(lambda: _accepts(stack.bootstrap), timeout=30, message="the restarted broker to listen")
+    wait_until(
+        lambda: asyncio.run(tcp_reachable(stack.bootstrap, 1.0)), timeout=30, message="the restarted broker to listen"
+    )
     restarted = _signal_child(stack, "tansu", signal.SIGSTOP)
     try:
         held: list[tuple[int, float]] = []
