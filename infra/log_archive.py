@@ -28,6 +28,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 from minio import Minio
 from minio.error import S3Error
 
+from infra.s3_objects import read_object
+
 PREFIX = "archive"
 FORMAT = 1
 _SUFFIX = ".jsonl.gz"
@@ -264,12 +266,7 @@ class LogArchive:
         return None
 
     def _records(self, tp: TopicPartition, segment: Segment) -> list[ConsumerRecord[bytes, bytes]]:
-        response = self._client.get_object(self._bucket, segment.key)
-        try:
-            return decode_segment(tp, response.read())
-        finally:
-            response.close()
-            response.release_conn()
+        return decode_segment(tp, read_object(self._client, self._bucket, segment.key))
 
     def compact(self, tp: TopicPartition, max_records: int, min_run: int) -> Compaction:
         """Remove segments another one covers (left by a merge cut short), then merge one run of small segments

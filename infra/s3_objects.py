@@ -65,6 +65,16 @@ def store_blob_from_file(client: Minio, bucket: str, path: Path, sha256: str) ->
     return key
 
 
+def read_object(client: Minio, bucket: str, key: str) -> bytes:
+    """The whole object's bytes (S3Error NoSuchKey when there is none), its connection given back to the pool."""
+    response = client.get_object(bucket, key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def _read_claim(client: Minio, bucket: str, sha256: str) -> tuple[str, str] | None:
     """(the key a claim names, the claim's ETag), or None without a claim."""
     try:

@@ -13,7 +13,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from infra.s3 import ensure_bucket
-from infra.s3_objects import remove_quietly
+from infra.s3_objects import read_object, remove_quietly
 
 PREFIX = "snapshots"
 _SUFFIX = ".json.gz"
@@ -44,12 +44,7 @@ class SnapshotStore:
         return sorted(names, reverse=True)
 
     def get(self, key: str) -> bytes:
-        response = self._client.get_object(self._bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        return read_object(self._client, self._bucket, key)
 
     def put(self, key: str, data: bytes) -> None:
         if not self._bucket_checked:

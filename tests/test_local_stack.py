@@ -25,6 +25,7 @@ from aiokafka.structs import TopicPartition
 from infra.local_stack import LocalStack
 from infra.processes import ChildFailed, ChildSpec, Supervisor
 from infra.s3 import make_client
+from infra.s3_objects import read_object
 from infra.settings import Settings
 from streams.topics import ALL_TOPICS, DEADLETTER, EVENTS
 
@@ -89,12 +90,7 @@ async def _eventually(check: Callable[[], bool], within: float) -> None:
 
 async def _object(data_dir: Path, env: dict[str, str], name: str) -> bytes:
     client = make_client(_settings(data_dir, s3_endpoint=env["S3_ENDPOINT"]))
-    response = await asyncio.to_thread(client.get_object, env["S3_BUCKET"], name)
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
+    return await asyncio.to_thread(read_object, client, env["S3_BUCKET"], name)
 
 
 async def _read_all(bootstrap: str, topic: str, partition: int) -> list[bytes]:
