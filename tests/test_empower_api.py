@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from minio import Minio
 
+from infra.s3_objects import read_object
 from streams.artifacts import blob_key
 from tests.fake_hub import FakeHub, FakeRepo
 from tests.peft_artifacts import TINY_BASE_MODEL, peft_repo_files
@@ -39,12 +40,7 @@ def s3_client(stack: Stack) -> tuple[Minio, str]:
 
 def stored_sha256(stack: Stack, key: str) -> str:
     client, bucket = s3_client(stack)
-    response = client.get_object(bucket, key)
-    try:
-        return hashlib.sha256(response.read()).hexdigest()
-    finally:
-        response.close()
-        response.release_conn()
+    return hashlib.sha256(read_object(client, bucket, key)).hexdigest()
 
 
 def adapter_events(stack: Stack, name: str, kind: str | None = None) -> list[dict[str, Any]]:

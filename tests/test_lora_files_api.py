@@ -16,7 +16,7 @@ from minio import Minio
 
 from api.uploads import PART_SIZE
 from infra.faults import arm
-from infra.s3_objects import CLAIMS_PREFIX, stored_home
+from infra.s3_objects import CLAIMS_PREFIX, read_object, stored_home
 from infra.staging import STAGING_PREFIX, UPLOADS_PREFIX
 from streams.artifacts import blob_key
 from tests.artifacts import (
@@ -40,15 +40,6 @@ def staging_empty_after(s3: Minio, bucket: str) -> Iterator[None]:
     left = [o.object_name for o in s3.list_objects(bucket, prefix=STAGING_PREFIX, recursive=True)]
     assert left == [], f"staged objects left behind: {left}"
     assert unclaimed_uploads(s3, bucket) == [], "uploads no name points at were kept"
-
-
-def read_object(s3: Minio, bucket: str, key: str) -> bytes:
-    response = s3.get_object(bucket, key)
-    try:
-        return response.read()
-    finally:
-        response.close()
-        response.release_conn()
 
 
 def unclaimed_uploads(s3: Minio, bucket: str) -> list[str]:
